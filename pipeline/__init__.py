@@ -1,0 +1,1 @@
+"""DICOM-to-Schatzker pipeline: read, clean, localize, equalize, train, evaluate."""
