@@ -1,0 +1,168 @@
+"""Training: models, imbalance losses and samplers, FixMatch / MixMatch, SSL and
+metadata pretraining, metrics, and the one shared loop.
+
+The trial calls::
+
+    config = TrainConfig.from_dict(training_keys)          # names of the trial config
+    data = TrainData(labeled=..., val=..., unlabeled=...)   # pipeline.data datasets
+    result = fit(config, data, report=report, checkpoint_dir=..., cache_root=...)
+    test = evaluate(result.model, test_set, threshold=result.threshold)
+
+Registries (``list_*`` helpers list their names): ``LOSSES``, ``SAMPLERS``,
+``METHODS``, ``SSL_METHODS``, ``TASKS``. Backbones are timm names.
+
+Names are imported on first use, so ``import pipeline.train`` stays cheap for
+command-line tools that only list registries (Lightning, lightly and torchmetrics
+load when the code that needs them runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "TrainData": "pipeline.train.batches",
+    "ConfigError": "pipeline.train.config",
+    "TrainConfig": "pipeline.train.config",
+    "Evaluation": "pipeline.train.loop",
+    "FitResult": "pipeline.train.loop",
+    "TrainError": "pipeline.train.loop",
+    "evaluate": "pipeline.train.loop",
+    "fit": "pipeline.train.loop",
+    "predict": "pipeline.train.loop",
+    "LOSSES": "pipeline.train.losses",
+    "build_loss": "pipeline.train.losses",
+    "list_losses": "pipeline.train.losses",
+    "METADATA_TARGETS": "pipeline.train.metadata",
+    "metadata_targets": "pipeline.train.metadata",
+    "pretrain_metadata": "pipeline.train.metadata",
+    "METHODS": "pipeline.train.methods",
+    "distribution_alignment": "pipeline.train.methods",
+    "fixmatch_loss": "pipeline.train.methods",
+    "guess_labels": "pipeline.train.methods",
+    "linear_rampup": "pipeline.train.methods",
+    "list_methods": "pipeline.train.methods",
+    "mixmatch_loss": "pipeline.train.methods",
+    "mixup": "pipeline.train.methods",
+    "sharpen": "pipeline.train.methods",
+    "THRESHOLD_METRICS": "pipeline.train.metrics",
+    "choose_threshold": "pipeline.train.metrics",
+    "classification_metrics": "pipeline.train.metrics",
+    "Classifier": "pipeline.train.models",
+    "ModelSpec": "pipeline.train.models",
+    "build_model": "pipeline.train.models",
+    "check_backbone": "pipeline.train.models",
+    "list_backbones": "pipeline.train.models",
+    "SAMPLERS": "pipeline.train.samplers",
+    "build_sampler": "pipeline.train.samplers",
+    "list_samplers": "pipeline.train.samplers",
+    "SSL_METHODS": "pipeline.train.ssl",
+    "list_ssl_methods": "pipeline.train.ssl",
+    "pretrain_ssl": "pipeline.train.ssl",
+    "Pretrained": "pipeline.train.stages",
+    "list_parts": "pipeline.train.parts",
+    "train_registries": "pipeline.train.parts",
+    "cached_stage": "pipeline.train.cache",
+    "pretrain": "pipeline.train.stages",
+    "TASKS": "pipeline.train.tasks",
+    "Task": "pipeline.train.tasks",
+    "get_task": "pipeline.train.tasks",
+    "list_tasks": "pipeline.train.tasks",
+}
+
+__all__ = [
+    "LOSSES",
+    "METADATA_TARGETS",
+    "METHODS",
+    "SAMPLERS",
+    "SSL_METHODS",
+    "TASKS",
+    "THRESHOLD_METRICS",
+    "Classifier",
+    "ConfigError",
+    "Evaluation",
+    "FitResult",
+    "ModelSpec",
+    "Pretrained",
+    "Task",
+    "TrainConfig",
+    "TrainData",
+    "TrainError",
+    "build_loss",
+    "build_model",
+    "build_sampler",
+    "cached_stage",
+    "check_backbone",
+    "choose_threshold",
+    "classification_metrics",
+    "distribution_alignment",
+    "evaluate",
+    "fit",
+    "fixmatch_loss",
+    "get_task",
+    "guess_labels",
+    "linear_rampup",
+    "list_backbones",
+    "list_losses",
+    "list_methods",
+    "list_parts",
+    "list_samplers",
+    "list_ssl_methods",
+    "list_tasks",
+    "metadata_targets",
+    "mixmatch_loss",
+    "mixup",
+    "predict",
+    "pretrain",
+    "pretrain_metadata",
+    "pretrain_ssl",
+    "sharpen",
+    "train_registries",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from pipeline.train.batches import TrainData
+    from pipeline.train.cache import cached_stage
+    from pipeline.train.config import ConfigError, TrainConfig
+    from pipeline.train.loop import Evaluation, FitResult, TrainError, evaluate, fit, predict
+    from pipeline.train.losses import LOSSES, build_loss, list_losses
+    from pipeline.train.metadata import METADATA_TARGETS, metadata_targets, pretrain_metadata
+    from pipeline.train.methods import (
+        METHODS,
+        distribution_alignment,
+        fixmatch_loss,
+        guess_labels,
+        linear_rampup,
+        list_methods,
+        mixmatch_loss,
+        mixup,
+        sharpen,
+    )
+    from pipeline.train.metrics import THRESHOLD_METRICS, choose_threshold, classification_metrics
+    from pipeline.train.models import (
+        Classifier,
+        ModelSpec,
+        build_model,
+        check_backbone,
+        list_backbones,
+    )
+    from pipeline.train.parts import list_parts, train_registries
+    from pipeline.train.samplers import SAMPLERS, build_sampler, list_samplers
+    from pipeline.train.ssl import SSL_METHODS, list_ssl_methods, pretrain_ssl
+    from pipeline.train.stages import Pretrained, pretrain
+    from pipeline.train.tasks import TASKS, Task, get_task, list_tasks

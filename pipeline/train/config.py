@@ -1,0 +1,202 @@
+"""``TrainConfig``: the training keys of a trial configuration, validated.
+
+The field names are exactly the trial configuration keys of docs/architecture.md
+(model, pretraining, method, imbalance, optimisation and runtime groups), so
+``pipeline.trial`` passes its flat dict's training part straight through
+``TrainConfig.from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.registry import UnknownNameError, check_choice, unknown_name_message
+from pipeline.train.losses import LOSSES
+from pipeline.train.methods import METHODS
+from pipeline.train.metrics import THRESHOLD_METRICS
+from pipeline.train.models import PRETRAINED_CHOICES, check_backbone
+from pipeline.train.samplers import SAMPLERS
+from pipeline.train.ssl import SSL_METHODS
+from pipeline.train.tasks import TASKS
+
+OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = ("auto", "32", "bf16", "16")
+
+
+class ConfigError(ValueError):
+    """A training configuration value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything one training run needs besides its data and its folders."""
+
+    # model
+    backbone: str = "resnet18"
+    pretrained: str = "imagenet"
+    task: str = "binary"
+    drop_rate: float = 0.0
+    # pretraining stages
+    metadata_epochs: int = 0
+    ssl_method: str = "none"
+    ssl_epochs: int = 0
+    ssl_lr: float = 1e-3
+    # method (paper defaults: FixMatch 0.95 / 1 / 7, MixMatch T 0.5, K 2, alpha 0.75)
+    method: str = "supervised"
+    threshold: float = 0.95
+    lambda_u: float = 1.0
+    mu: int = 7
+    dist_align: bool = False
+    ema_decay: float = 0.999
+    T: float = 0.5
+    K: int = 2
+    alpha: float = 0.75
+    rampup_epochs: float = 16
+    # imbalance
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    cb_beta: float = 0.999
+    sampler: str = "uniform"
+    sampler_ratio: float = 0.25
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    time_budget_s: float | None = None
+    early_stop_patience: int | None = None
+    threshold_metric: str = "f2"
+    # runtime
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    num_workers: int = 0
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a flat dict; unknown keys fail with the closest valid names."""
+        known = cls.keys()
+        for key in values:
+            if key not in known:
+                raise ConfigError(unknown_name_message("training key", key, sorted(known)))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, str(f.type), getattr(self, f.name)))
+        try:
+            check_backbone(self.backbone)
+            check_choice("pretrained", self.pretrained, PRETRAINED_CHOICES)
+            TASKS.get(self.task)
+            SSL_METHODS.get(self.ssl_method)
+            METHODS.get(self.method)
+            LOSSES.get(self.loss)
+            SAMPLERS.get(self.sampler)
+            check_choice("optimizer", self.optimizer, OPTIMIZERS)
+            check_choice("threshold_metric", self.threshold_metric, THRESHOLD_METRICS)
+            check_choice("precision", self.precision, PRECISIONS)
+        except UnknownNameError as e:
+            raise ConfigError(str(e)) from e
+        _check(self, "drop_rate", 0.0 <= self.drop_rate < 1.0, "in [0, 1)")
+        _check(self, "metadata_epochs", self.metadata_epochs >= 0, ">= 0")
+        _check(self, "ssl_epochs", self.ssl_epochs >= 0, ">= 0")
+        _check(self, "ssl_lr", self.ssl_lr > 0, "> 0")
+        _check(self, "threshold", 0.0 <= self.threshold <= 1.0, "in [0, 1]")
+        _check(self, "lambda_u", self.lambda_u >= 0, ">= 0")
+        _check(self, "mu", self.mu >= 1, ">= 1")
+        _check(self, "ema_decay", 0.0 <= self.ema_decay < 1.0, "in [0, 1)")
+        _check(self, "T", self.T > 0, "> 0")
+        _check(self, "K", self.K >= 1, ">= 1")
+        _check(self, "alpha", self.alpha >= 0, ">= 0")
+        _check(self, "rampup_epochs", self.rampup_epochs >= 0, ">= 0")
+        _check(self, "focal_gamma", self.focal_gamma >= 0, ">= 0")
+        _check(self, "cb_beta", 0.0 <= self.cb_beta < 1.0, "in [0, 1)")
+        _check(self, "sampler_ratio", 0.0 <= self.sampler_ratio <= 1.0, "in [0, 1]")
+        _check(self, "lr", self.lr > 0, "> 0")
+        _check(self, "weight_decay", self.weight_decay >= 0, ">= 0")
+        _check(
+            self,
+            "batch_size",
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            "an int >= 1",
+        )
+        _check(self, "epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an int >= 1")
+        _check(
+            self,
+            "steps_per_epoch",
+            self.steps_per_epoch is None
+            or (isinstance(self.steps_per_epoch, int) and self.steps_per_epoch >= 1),
+            "None or an int >= 1",
+        )
+        _check(
+            self,
+            "time_budget_s",
+            self.time_budget_s is None or self.time_budget_s > 0,
+            "None or > 0",
+        )
+        _check(
+            self,
+            "early_stop_patience",
+            self.early_stop_patience is None or self.early_stop_patience >= 1,
+            "None or >= 1",
+        )
+        _check(self, "threads", self.threads is None or self.threads >= 1, "None or >= 1")
+        _check(self, "num_workers", self.num_workers >= 0, ">= 0")
+        if not (self.device in ("auto", "cpu", "cuda", "gpu") or self.device.startswith("cuda:")):
+            raise ConfigError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
+
+
+def _coerce(key: str, kind: str, value: Any) -> Any:
+    """Accept what YAML, Ax and numpy hand over (7.0 for an int, numpy scalars), reject
+    the wrong type with the key's name."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    optional = kind.endswith("| None")
+    base = kind.replace("| None", "").strip()
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must be a {base}, got None")
+    if base == "int":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an int, got {value!r}")
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+    elif base == "bool":
+        if isinstance(value, int) and value in (0, 1):
+            value = bool(value)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    elif base == "str" and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _check(config: TrainConfig, key: str, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {getattr(config, key)!r}")

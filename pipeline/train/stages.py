@@ -1,0 +1,150 @@
+"""Pretraining stages, each cached on disk by its configuration and its data.
+
+A trial's backbone goes through "transfer learning in steps": ImageNet weights (when
+cached locally), then metadata pretraining, then self-supervised pretraining, then
+the task. Each stage's output (the backbone's state dict) is stored under
+``<cache root>/stages/<kind>-<key>.pt`` where the key hashes the stage's settings,
+the key of the stage before it and the identity of the images it trained on, so
+trials that share a stage compute it once. A file lock makes two processes that
+need the same stage at the same time compute it once: the second waits and loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from torch.utils.data import ConcatDataset, Dataset
+
+from pipeline.io import stable_hash
+from pipeline.train.batches import TrainData, dataset_fingerprint
+from pipeline.train.cache import StageRecord, StateDict, cached_stage
+from pipeline.train.config import TrainConfig
+from pipeline.train.metadata import pretrain_metadata
+from pipeline.train.models import build_backbone, cached_imagenet_weights
+from pipeline.train.runtime import resolve_device, resolve_precision, seeded, using_threads
+from pipeline.train.ssl import SSL_METHODS, pretrain_ssl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """The backbone weights a fit starts from (None: timm's own init) and how they came."""
+
+    state: StateDict | None
+    key: str
+    imagenet: bool
+    stages: list[StageRecord] = field(default_factory=list)
+
+
+def pretraining_pool(data: TrainData) -> Dataset:
+    """Images the pretraining stages see: the unlabeled pool plus the labeled training
+    images (their labels unused); never validation or test images."""
+    parts = [d for d in (data.unlabeled, data.labeled) if d is not None and len(d) > 0]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def pretrain(
+    config: TrainConfig,
+    data: TrainData,
+    *,
+    cache_root: str | os.PathLike[str] | None = None,
+) -> Pretrained:
+    """Run (or load) the pretraining stages ``config`` asks for; returns backbone weights.
+
+    With no metadata or SSL stage, returns ``state=None`` and the model is built from
+    ImageNet weights (when cached) or timm's seeded random init.
+    """
+    with using_threads(config.threads):
+        return _pretrain(config, data, cache_root)
+
+
+def _pretrain(
+    config: TrainConfig, data: TrainData, cache_root: str | os.PathLike[str] | None
+) -> Pretrained:
+    in_chans = data.in_chans()
+    use_imagenet = (
+        config.pretrained == "imagenet" and cached_imagenet_weights(config.backbone) is not None
+    )
+    base = {
+        "backbone": config.backbone,
+        "in_chans": in_chans,
+        "init": "imagenet" if use_imagenet else f"random/{config.seed}",
+    }
+    key = stable_hash(base)
+    want_meta = config.metadata_epochs > 0
+    want_ssl = SSL_METHODS.get(config.ssl_method) is not None and config.ssl_epochs > 0
+    if not (want_meta or want_ssl):
+        return Pretrained(None, key, use_imagenet)
+
+    pool = pretraining_pool(data)
+    data_id = (
+        stable_hash({"identity": data.identity, "pool": "unlabeled+labeled"})
+        if data.identity
+        else stable_hash([dataset_fingerprint(data.unlabeled), dataset_fingerprint(data.labeled)])
+    )
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    state: StateDict | None = None
+    records: list[StageRecord] = []
+
+    def fresh_backbone():
+        with seeded(config.seed, "init/backbone"):
+            backbone, _ = build_backbone(
+                config.backbone,
+                in_chans=in_chans,
+                pretrained="imagenet" if use_imagenet else "none",
+                drop_rate=0.0,
+            )
+        if state is not None:
+            backbone.load_state_dict(state)
+        return backbone
+
+    common = {
+        "batch_size": config.batch_size,
+        "lr": config.ssl_lr,
+        "seed": config.seed,
+        "data": data_id,
+    }
+    if want_meta:
+        spec = {"parent": key, "epochs": config.metadata_epochs, **common}
+        state, record = cached_stage(
+            "metadata",
+            spec,
+            lambda: pretrain_metadata(
+                fresh_backbone(),
+                pool,
+                epochs=config.metadata_epochs,
+                lr=config.ssl_lr,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                device=device,
+                precision=precision,
+            ),
+            cache_root=cache_root,
+        )
+        key = record.key
+        records.append(record)
+    if want_ssl:
+        spec = {"parent": key, "method": config.ssl_method, "epochs": config.ssl_epochs, **common}
+        state, record = cached_stage(
+            "ssl",
+            spec,
+            lambda: pretrain_ssl(
+                fresh_backbone(),
+                pool,
+                method=config.ssl_method,
+                epochs=config.ssl_epochs,
+                lr=config.ssl_lr,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                device=device,
+                precision=precision,
+            ),
+            cache_root=cache_root,
+        )
+        key = record.key
+        records.append(record)
+    return Pretrained(state, key, use_imagenet, records)
