@@ -57,7 +57,7 @@ __all__ = [
 SALT_ENV = "RADSEARCH_SALT"
 
 # kind -> prefix of the key: "P-3fa9c1d2e0ab"
-PSEUDONYM_PREFIXES: dict[str, str] = {"patient": "P", "study": "S", "site": "I"}
+PSEUDONYM_PREFIXES: dict[str, str] = {"patient": "P", "study": "S", "site": "I", "image": "F"}
 _KEY_HEX = 12
 _KEY_RE = {
     kind: re.compile(rf"^{p}-[0-9a-f]{{{_KEY_HEX}}}$") for kind, p in PSEUDONYM_PREFIXES.items()
@@ -121,7 +121,8 @@ def _read_salt_file(path: Path) -> bytes:
 def pseudonym(kind: str, value: str, salt: str | bytes) -> str:
     """Salted key of an identifier: ``pseudonym("patient", "12345", salt) -> "P-3fa9c1d2e0ab"``.
 
-    ``kind`` is ``"patient"``, ``"study"`` or ``"site"`` (prefixes ``P``, ``S``, ``I``).
+    ``kind`` is ``"patient"``, ``"study"``, ``"site"`` or ``"image"`` (a file path;
+    prefixes ``P``, ``S``, ``I``, ``F``).
     The key is the first 48 bits of HMAC-SHA256(salt, kind + value): stable for one
     salt, different for another. A value that already is a key of this kind (a
     de-identified copy written by :func:`deidentify`) is returned unchanged, so the

@@ -31,7 +31,8 @@ Report = Callable[[dict[str, Any]], None]
 
 # Files in a data folder that are never DICOM (labels, sidecars, notes, pictures).
 NOT_DICOM_SUFFIXES = frozenset(
-    ".csv .tsv .json .jsonl .txt .md .yaml .yml .xlsx .xls .png .jpg .jpeg .pdf .html .lock".split()
+    {".csv", ".tsv", ".json", ".jsonl", ".txt", ".md", ".yaml", ".yml", ".xlsx", ".xls"}
+    | {".png", ".jpg", ".jpeg", ".pdf", ".html", ".lock"}
 )
 
 
@@ -82,7 +83,9 @@ class DataConfig:
             if not 0.0 <= float(getattr(self, key)) < 1.0:
                 raise TrialConfigError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
         if (self.fold is None) != (self.folds is None):
-            raise TrialConfigError("fold and folds go together: set both (fold in 0..folds-1) or neither")
+            raise TrialConfigError(
+                "fold and folds go together: set both (fold in 0..folds-1) or neither"
+            )
         if self.folds is not None and not 0 <= int(self.fold) < int(self.folds):
             raise TrialConfigError(f"fold must be in 0..{int(self.folds) - 1}, got {self.fold!r}")
         if self.labeled_limit is not None and int(self.labeled_limit) < 2:
@@ -122,7 +125,9 @@ class TrialConfig:
         from pipeline.train import ConfigError, TrainConfig
 
         if not isinstance(config, Mapping):
-            raise TrialConfigError(f"a trial configuration is a mapping, got {type(config).__name__}")
+            raise TrialConfigError(
+                f"a trial configuration is a mapping, got {type(config).__name__}"
+            )
         known = trial_keys()
         for key in config:
             if key not in known:
@@ -131,9 +136,8 @@ class TrialConfig:
         data_keys = _field_defaults(DataConfig)
         try:
             data = DataConfig(**{k: v for k, v in values.items() if k in data_keys})
-            train = TrainConfig.from_dict(
-                {k: v for k, v in values.items() if k in TrainConfig.keys()}
-            )
+            train_keys = set(TrainConfig.keys())
+            train = TrainConfig.from_dict({k: v for k, v in values.items() if k in train_keys})
             pre = {k: values.get(k, d) for k, d in TRIAL_DEFAULTS.items()}
             PreprocessConfig.from_trial(pre)  # validates
         except (ConfigError, TypeError, ValueError) as e:
