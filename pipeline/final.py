@@ -6,7 +6,7 @@ on validation during the search, and writes a self-describing model folder::
 
     out_dir/
       model.pt           state dict + model spec + class order + threshold + preprocessing
-      model.ts           TorchScript export (traced), loadable without this package
+      model.pt2          torch.export program (dynamic batch), loadable without this package
       config.yaml        the resolved trial configuration
       metrics.json       test metrics with 95% patient-bootstrap confidence intervals
       predictions.csv    one row per test crop: pseudonymous keys, label, probabilities
@@ -150,21 +150,24 @@ def run_final(
 
 
 def save_model(model: Any, out: Path, info: Mapping[str, Any], *, example: Any) -> list[Path]:
-    """``model.pt`` (state dict + spec) and ``model.ts`` (TorchScript, traced on ``example``)."""
+    """``model.pt`` (state dict + spec) and ``model.pt2`` (``torch.export`` program with a
+    dynamic batch size, loadable with ``torch.export.load`` without this package)."""
     import torch
 
     model = model.eval().cpu()
     buf = io.BytesIO()
     torch.save({"info": dict(info), "state_dict": model.state_dict()}, buf)
     paths = [atomic_write_bytes(out / MODEL_FILE, buf.getvalue())]
+    x = example.float().cpu()
+    x = x.expand(2, *x.shape[1:]).contiguous()  # (2, C, H, W): batch 1 would be specialised
     try:
-        with torch.no_grad():
-            traced = torch.jit.trace(model, example.float().cpu(), check_trace=False)
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
         buf = io.BytesIO()
-        torch.jit.save(traced, buf)
-        paths.append(atomic_write_bytes(out / "model.ts", buf.getvalue()))
+        torch.export.save(program, buf)
+        paths.append(atomic_write_bytes(out / "model.pt2", buf.getvalue()))
     except Exception as e:  # export is a convenience; the state dict is the model of record
-        atomic_write_text(out / "model.ts.error.txt", f"TorchScript export failed: {e}\n")
+        atomic_write_text(out / "model.pt2.error.txt", f"torch.export failed: {e}\n")
     return paths
 
 
