@@ -1,0 +1,109 @@
+"""Run a configured chain of steps on one radiograph: ``preprocess(radiograph, config)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.steps import STEPS, U16_MAX, Work
+
+
+class RadiographLike(Protocol):
+    """What the chain needs from :class:`pipeline.dicom.Radiograph`."""
+
+    image: np.ndarray  # float32 (H, W) in [0, 1], bone bright
+    meta: Mapping[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Crop:
+    """One preprocessed image (one knee of a bilateral radiograph)."""
+
+    image: np.ndarray  # uint16 (H, W), the configured output size
+    laterality: str | None  # "L" / "R" / None (unknown)
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in the source image
+    confidence: float  # localizer confidence in [0, 1] (1.0 without localisation)
+    fallback: bool  # True when the localizer was unsure and a centre crop was used
+
+
+def to_uint16(image: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint16 over the full 16-bit range (rounded)."""
+    return np.clip(image * np.float32(U16_MAX) + np.float32(0.5), 0, U16_MAX).astype(np.uint16)
+
+
+def _spacing(meta: Mapping[str, Any]) -> tuple[float, float] | None:
+    s = meta.get("pixel_spacing_mm")
+    if s is None:
+        return None
+    try:
+        row, col = (float(v) for v in s)
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None
+
+
+def start_work(radiograph: RadiographLike) -> Work:
+    """The chain's first item for a decoded radiograph."""
+    image = np.asarray(radiograph.image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D radiograph, got shape {image.shape}")
+    meta = dict(radiograph.meta or {})
+    lat = meta.get("laterality")
+    return Work(
+        image=image,
+        meta=meta,
+        source_shape=(int(image.shape[0]), int(image.shape[1])),
+        spacing_mm=_spacing(meta),
+        laterality=lat if lat in ("L", "R") else None,
+        source=str(getattr(radiograph, "path", None) or "") or None,
+    )
+
+
+def run_steps(
+    radiograph: RadiographLike,
+    config: PreprocessConfig,
+    *,
+    on_step: Callable[[str, list[Work]], None] | None = None,
+) -> list[Work]:
+    """Apply every step of ``config`` in order; ``on_step(name, items)`` sees each result."""
+    items = [start_work(radiograph)]
+    if on_step is not None:
+        on_step("input", items)
+    for step in config.steps:
+        spec = STEPS.get(step.name)
+        items = [out for item in items for out in spec.apply(item, step.params)]
+        if on_step is not None:
+            on_step(step.name, items)
+    return items
+
+
+def _final_box(work: Work) -> tuple[int, int, int, int]:
+    if work.box is not None:
+        return work.box
+    h, w = work.image.shape
+    x0, y0, x1, y1 = work.source_box(0, 0, w, h)
+    sh, sw = work.source_shape
+    return (max(0, x0), max(0, y0), min(sw, x1), min(sh, y1))
+
+
+def preprocess(radiograph: RadiographLike, config: PreprocessConfig) -> list[Crop]:
+    """Preprocess one radiograph into 16-bit crops (one per knee; bilateral gives two)."""
+    crops = []
+    for work in run_steps(radiograph, config):
+        crops.append(
+            Crop(
+                image=to_uint16(work.image),
+                laterality=work.laterality,
+                box=_final_box(work),
+                confidence=float(work.confidence),
+                fallback=bool(work.fallback),
+            )
+        )
+    return crops
+
+
+__all__ = ["Crop", "RadiographLike", "preprocess", "run_steps", "start_work", "to_uint16"]
