@@ -689,6 +689,7 @@ META_KEYS: tuple[str, ...] = (
     "modality",
     "view",
     "laterality",
+    "patient_orientation",
     "body_part",
     "series_description",
     "manufacturer",
@@ -887,6 +888,7 @@ def _meta(ds: Dataset, path: Path, salt: bytes) -> dict[str, Any]:
         "modality": modality,
         "view": _str(ds, "ViewPosition", upper=True),
         "laterality": laterality if laterality in ("L", "R", "B") else None,
+        "patient_orientation": _orientation(_get(ds, "PatientOrientation")),
         "body_part": _str(ds, "BodyPartExamined", upper=True),
         "series_description": clean_text(series, ds) if series else None,
         "manufacturer": _str(ds, "Manufacturer"),
@@ -918,6 +920,19 @@ def _meta(ds: Dataset, path: Path, salt: bytes) -> dict[str, Any]:
     except DicomError:
         meta["transfer_syntax"] = None
     return meta
+
+
+def _orientation(value: Any) -> tuple[str, str] | None:
+    """PatientOrientation (row direction, column direction), e.g. ``("L", "F")``."""
+    if value is None:
+        return None
+    parts = [
+        str(v).strip().upper()
+        for v in (value if isinstance(value, list | tuple) else str(value).split("\\"))
+    ]
+    if len(parts) != 2 or not all(re.fullmatch(r"[LRAPHF]{1,3}", p) for p in parts):
+        return None
+    return (parts[0], parts[1])
 
 
 def _spacing(value: Any) -> tuple[float, float] | None:

@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_home() -> Path:
+    """Root of every cache the pipeline keeps (phantom sets, preprocessing, pretraining
+    stages): ``$RADSEARCH_CACHE``, else ``./.cache/radsearch`` under the working folder."""
+    return Path(os.environ.get("RADSEARCH_CACHE") or Path.cwd() / ".cache" / "radsearch")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

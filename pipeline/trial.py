@@ -170,9 +170,10 @@ def _plain(value: Any) -> Any:
 
 
 def cache_root(config: DataConfig) -> Path:
-    from pipeline.preprocess import default_cache_root
+    """The trial's cache folder: ``cache_dir``, else ``$RADSEARCH_CACHE``."""
+    from pipeline.io import cache_home
 
-    return Path(config.cache_dir) if config.cache_dir else default_cache_root()
+    return Path(config.cache_dir) if config.cache_dir else cache_home()
 
 
 def ensure_phantom(n: int, seed: int, size: int, root: Path) -> Path:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from pipeline.io import atomic_write_json, sha256_file
+from pipeline.io import atomic_write_json, cache_home, sha256_file
 from pipeline.preprocess.chain import RadiographLike, preprocess
 from pipeline.preprocess.config import PREPROCESS_VERSION, PreprocessConfig
 
@@ -57,7 +57,7 @@ _COUNTERS = {"stat_hit": "stat_hits", "hash_hit": "hash_hits", "built": "built"}
 
 def default_cache_root() -> Path:
     """``$RADSEARCH_CACHE/preprocess`` (default ``./.cache/radsearch/preprocess``)."""
-    return Path(os.environ.get("RADSEARCH_CACHE") or "./.cache/radsearch") / "preprocess"
+    return cache_home() / "preprocess"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from pipeline.io import atomic_write_bytes, atomic_write_json, stable_hash
+from pipeline.io import atomic_write_bytes, atomic_write_json, cache_home, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def resolve_cache_root(cache_root: str | os.PathLike[str] | None = None) -> Path
     """The argument, else ``$RADSEARCH_CACHE``, else ``./.cache/radsearch``."""
     if cache_root is not None:
         return Path(cache_root)
-    return Path(os.environ.get("RADSEARCH_CACHE") or Path.cwd() / ".cache" / "radsearch")
+    return cache_home()
 
 
 def stage_key(kind: str, spec: dict[str, Any]) -> str:
