@@ -13,15 +13,39 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("pipeline.synth.cli", "generate the synthetic knee-radiograph phantom set (DICOM + labels CSV)"),
-    "scan": ("pipeline.dicom_cli", "read every DICOM file of a folder; report skipped files in a CSV"),
-    "deid": ("pipeline.deid_cli", "write de-identified copies of a DICOM folder (PS3.15 basic profile)"),
-    "preprocess": ("pipeline.preprocess.cli", "build the preprocessing cache; --sheet draws every step"),
-    "train-localizer": ("pipeline.preprocess.localizer_cli", "train the HOG + linear SVM knee localizer"),
-    "split": ("pipeline.data.cli", "fold readers' labels, filter views and write patient-grouped splits"),
-    "train": ("pipeline.train_cli", "run one training trial from a YAML config, without Ray or W&B"),
+    "synth": (
+        "pipeline.synth.cli",
+        "generate the synthetic knee-radiograph phantom set (DICOM + labels CSV)",
+    ),
+    "scan": (
+        "pipeline.dicom_cli",
+        "read every DICOM file of a folder; report skipped files in a CSV",
+    ),
+    "deid": (
+        "pipeline.deid_cli",
+        "write de-identified copies of a DICOM folder (PS3.15 basic profile)",
+    ),
+    "preprocess": (
+        "pipeline.preprocess.cli",
+        "build the preprocessing cache; --sheet draws every step",
+    ),
+    "train-localizer": (
+        "pipeline.preprocess.localizer_cli",
+        "train the HOG + linear SVM knee localizer",
+    ),
+    "split": (
+        "pipeline.data.cli",
+        "fold readers' labels, filter views and write patient-grouped splits",
+    ),
+    "train": (
+        "pipeline.train_cli",
+        "run one training trial from a YAML config, without Ray or W&B",
+    ),
     "explain": ("pipeline.explain.cli", "GradCAM / LRP gallery for a trained model"),
-    "rank-unlabeled": ("pipeline.active.cli", "rank unlabeled images by how much labelling them would help"),
+    "rank-unlabeled": (
+        "pipeline.active.cli",
+        "rank unlabeled images by how much labelling them would help",
+    ),
 }
 
 
