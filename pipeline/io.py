@@ -70,6 +70,22 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def content_hash(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
+    """Hex XXH3-128 of a file's bytes: the cache key of a DICOM file's content.
+
+    Not a cryptographic hash (the cache is not an adversarial setting); it runs at
+    several GB/s where SHA-256 runs below 1 GB/s, so keying a 10 MB file costs about
+    a millisecond instead of more than its decode.
+    """
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def stable_hash(obj: Any, *, length: int = 16) -> str:
     """Short hex digest of a JSON-serialisable object, independent of key order."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -91,7 +91,7 @@ def test_cold_then_warm_build_does_not_decode_or_rehash(tmp_path, fake_reader, m
     def boom(*args, **kwargs):
         raise AssertionError("a cache hit must not decode or hash")
 
-    monkeypatch.setattr(cache_mod, "sha256_file", boom)
+    monkeypatch.setattr(cache_mod, "content_hash", boom)
     warm = build_cache(files, CONFIG, tmp_path / "cache", progress=False, reader=boom)
     assert warm.stats["stat_hits"] == 5 and warm.stats["built"] == 0
     assert entries_as_dicts(warm) == entries_as_dicts(cold)
@@ -156,7 +156,7 @@ def test_outputs_are_deterministic_across_builds_and_process_counts(tmp_path, fa
     b = build_cache(files, CONFIG, tmp_path / "b", workers=2, progress=False, reader=fake_reader)
     assert b.stats["built"] == 6
     for ea, eb in zip(a.entries, b.entries, strict=True):
-        assert (ea.file, ea.sha256, ea.box) == (eb.file, eb.sha256, eb.box)
+        assert (ea.file, ea.content_hash, ea.box) == (eb.file, eb.content_hash, eb.box)
         np.testing.assert_array_equal(a.load(ea), b.load(eb))
         assert Path(ea.array_path).read_bytes() == Path(eb.array_path).read_bytes()
 
@@ -185,7 +185,7 @@ def test_two_processes_building_at_once_give_one_valid_cache(tmp_path, fake_read
             files = sorted(__import__("glob").glob({str(tmp_path / "data" / "*.npy")!r}))
             index = build_cache(files, cfg, {str(tmp_path / "cache")!r}, progress=False, reader=read_npy)
             print(json.dumps({{"n": len(index.entries), "errors": len(index.errors),
-                              "shas": [e.sha256 for e in index.entries]}}))
+                              "shas": [e.content_hash for e in index.entries]}}))
             """
         )
     )
@@ -222,7 +222,7 @@ def test_two_processes_building_at_once_give_one_valid_cache(tmp_path, fake_read
 def test_a_damaged_sidecar_is_rebuilt(tmp_path, fake_reader):
     files = make_images(tmp_path / "data", 1)
     index = build_cache(files, CONFIG, tmp_path / "cache", progress=False, reader=fake_reader)
-    sidecar = Path(index.entries[0].array_path).with_name(index.entries[0].sha256 + ".json")
+    sidecar = Path(index.entries[0].array_path).with_name(index.entries[0].content_hash + ".json")
     sidecar.write_text("{not json")
     again = build_cache(files, CONFIG, tmp_path / "cache", progress=False, reader=fake_reader)
     assert again.stats["built"] == 1 and entries_as_dicts(again) == entries_as_dicts(index)

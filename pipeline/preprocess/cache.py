@@ -3,10 +3,10 @@
 Layout (``cache_root/<config key>/``)::
 
     config.json                     the configuration and code version (self-description)
-    stat_index.json                 {absolute path: [size, mtime_ns, sha256]}
-    objects/ab/<sha256>.json        sidecar: de-identified meta and one record per crop
-    objects/ab/<sha256>-<i>.npy     crop i, uint16 (H, W)
-    objects/ab/<sha256>.lock        the entry's lock file (held while it is being built)
+    stat_index.json                 {absolute path: [size, mtime_ns, content hash]}
+    objects/ab/<content hash>.json        sidecar: de-identified meta and one record per crop
+    objects/ab/<content hash>-<i>.npy     crop i, uint16 (H, W)
+    objects/ab/<content hash>.lock        the entry's lock file (held while it is being built)
 
 An entry is keyed by the file's content hash, so renamed or copied files hit the
 cache and an edited file misses it. The stat index remembers (size, mtime_ns) ->
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from pipeline.io import atomic_write_json, cache_home, sha256_file
+from pipeline.io import atomic_write_json, cache_home, content_hash
 from pipeline.preprocess.chain import RadiographLike, preprocess
 from pipeline.preprocess.config import PREPROCESS_VERSION, PreprocessConfig
 
@@ -65,7 +65,7 @@ class CacheEntry:
     """One cached crop of one file."""
 
     file: str  # the file as the caller named it (relative to data_dir when given)
-    sha256: str  # content hash of the file
+    content_hash: str  # XXH3-128 of the file's bytes (pipeline.io.content_hash)
     crop: int  # crop number within the file (bilateral: 0 and 1)
     laterality: str | None
     array_path: str  # the uint16 .npy
@@ -102,7 +102,7 @@ class CacheIndex:
         except (OSError, ValueError) as e:
             raise OSError(
                 f"{entry.array_path}: cannot load cached crop of {entry.file} ({e}); "
-                f"delete {Path(entry.array_path).with_name(entry.sha256 + '.json')} to rebuild it"
+                f"delete {Path(entry.array_path).with_name(entry.content_hash + '.json')} to rebuild it"
             ) from e
 
     def __len__(self) -> int:
@@ -223,7 +223,7 @@ class _Store:
             return None
         except (OSError, ValueError):  # damaged (power cut): rebuild
             return None
-        return data if isinstance(data, dict) and data.get("sha256") == sha else None
+        return data if isinstance(data, dict) and data.get("content_hash") == sha else None
 
     def write_entry(
         self, sha: str, crops: Sequence[Any], meta: Mapping[str, Any], salt: str
@@ -242,7 +242,7 @@ class _Store:
                 }
             )
         sidecar = {
-            "sha256": sha,
+            "content_hash": sha,
             "version": PREPROCESS_VERSION,
             "salt_id": salt,
             "meta": _jsonable(meta),
@@ -252,11 +252,11 @@ class _Store:
         return sidecar
 
     def entries(self, file: str, sidecar: Mapping[str, Any]) -> list[CacheEntry]:
-        sha = sidecar["sha256"]
+        sha = sidecar["content_hash"]
         return [
             CacheEntry(
                 file=file,
-                sha256=sha,
+                content_hash=sha,
                 crop=int(r["crop"]),
                 laterality=r["laterality"],
                 array_path=str(self.array(sha, int(r["crop"]))),
@@ -302,7 +302,7 @@ def _process(
     try:
         st = os.stat(path)
         if sha is None:
-            sha = sha256_file(path)
+            sha = content_hash(path)
         how = "hash_hit"
         sidecar = store.read_sidecar(sha)
         if sidecar is None:

@@ -33,7 +33,7 @@ from pipeline.preprocess.steps import STEPS
 from pipeline.registry import UnknownNameError, unknown_name_message
 
 #: Bumped whenever a step's output changes for the same parameters (invalidates caches).
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 
 #: Trial configuration keys that map to preprocessing, with their defaults.
 TRIAL_DEFAULTS: dict[str, Any] = {
