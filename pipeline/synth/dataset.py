@@ -34,7 +34,7 @@ from .fractures import draw_fracture
 from .identities import SITES, dicom_age, dicom_date, make_uid
 from .plan import READERS, ImageSpec, plan_dataset
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 DEFAULT_FRACTURE_RATE = 0.25
 MU_SOFT = 0.0033  # soft-tissue attenuation per mm (display units)
 LABEL_COLUMNS = ["file", "schatzker", "laterality", *(f"schatzker_{r}" for r in READERS)]

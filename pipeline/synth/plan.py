@@ -256,7 +256,9 @@ def plan_dataset(
                     side=usual_side,
                 )
                 images.append(spec)
-                rows.extend(_label_rows(spec, labeled, rng, reader_only, reader_patterns))
+                # labels attach to the frontal view; its lateral partner is listed unlabeled
+                with_label = labeled and view != "LAT"
+                rows.extend(_label_rows(spec, with_label, rng, reader_only, reader_patterns))
     return Plan(images, rows)
 
 
