@@ -11,6 +11,8 @@ on validation during the search, and writes a self-describing model folder::
       metrics.json       test metrics with 95% patient-bootstrap confidence intervals
       predictions.csv    one row per test crop: pseudonymous keys, label, probabilities
       roc.png pr.png confusion.png calibration.png
+      gallery.png gallery.html gallery/   GradCAM heat maps of test crops (TP, FP, FN, TN)
+      heatmap_scores.csv explain.json     on the phantom: heat-map mass inside the fracture
       report.md report.html
 
 ``load_model(out_dir)`` rebuilds the classifier for inference (explain, rank-unlabeled).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +34,7 @@ import numpy as np
 from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 Report = Callable[[dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 CI_METRICS = (
     "auroc",
@@ -125,6 +129,9 @@ def run_final(
     atomic_write_text(out / "config.yaml", _yaml(cfg.to_dict()))
     _write_predictions(out / "predictions.csv", prepared.test.items, ev, model.task.classes)
     plots = write_plots(out, ev, model.task)
+    with using_threads(cfg.train.threads):
+        gallery = _gallery(model, prepared, out, threshold=float(threshold))
+    shown = [p for p in (out / "gallery.png", out / "gallery.html") if p.exists()]
     summary = {
         "metrics": test_metrics,
         "ci95": {f"test/{k}": v for k, v in ci.items()},
@@ -138,12 +145,27 @@ def run_final(
         },
         "test": {"crops": len(prepared.test), "patients": len(set(patients))},
         "data": prepared.summary,
-        "files": sorted(p.name for p in [*paths, *plots]),
+        "files": sorted(p.name for p in [*paths, *plots, *shown]),
     }
     atomic_write_json(out / "metrics.json", summary)
-    write_report(out, summary, info)
+    write_report(out, {**summary, "gallery_html": gallery}, info)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return summary
+
+
+def _gallery(model: Any, prepared: Any, out: Path, *, threshold: float) -> str:
+    """The test set's heat-map gallery for the report (``pipeline.explain.final_gallery``).
+
+    The model is trained and saved by now: a gallery that cannot be drawn is reported
+    (log and report) rather than failing the run.
+    """
+    from pipeline.explain import final_gallery
+
+    try:
+        return final_gallery(model, prepared, out, threshold=threshold)
+    except Exception as e:
+        log.warning("the heat-map gallery could not be drawn: %s: %s", type(e).__name__, e)
+        return f"<p>Heat-map gallery not available: {html.escape(f'{type(e).__name__}: {e}')}</p>"
 
 
 # ----------------------------------------------------------------------------- model files

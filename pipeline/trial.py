@@ -9,7 +9,8 @@ The configuration is a flat dict whose keys are listed in ``trial_keys()`` (and 
 docs/architecture.md): data and split keys (:class:`DataConfig`), preprocessing keys
 (``pipeline.preprocess.TRIAL_DEFAULTS``), training keys (``pipeline.train.TrainConfig``)
 and ``checkpoint_dir``. With no ``data_dir`` the trial uses the synthetic phantom,
-generated once per (n, seed, size) in the cache folder and shared by every trial.
+generated once per (n, seed, size, labeled and fracture fractions) in the
+cache folder and shared by every trial.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from typing import Any
 from pipeline.registry import UnknownNameError, check_choice, unknown_name_message
 
 Report = Callable[[dict[str, Any]], None]
+
+# The phantom generator's own defaults (pipeline.synth.generate): a phantom made with
+# them keeps the short cache folder name it always had.
+PHANTOM_LABELED_FRACTION = 0.3
+PHANTOM_FRACTURE_RATE = 0.25
 
 # Files in a data folder that are never DICOM (labels, sidecars, notes, pictures).
 NOT_DICOM_SUFFIXES = frozenset(
@@ -56,6 +62,8 @@ class DataConfig:
     phantom_n: int = 600
     phantom_seed: int = 0
     phantom_size: int = 256
+    phantom_labeled_fraction: float = PHANTOM_LABELED_FRACTION  # share of studies with labels
+    phantom_fracture_rate: float = PHANTOM_FRACTURE_RATE  # share of patients with a fracture
     cache_dir: str | None = None  # None: $RADSEARCH_CACHE
     labeled_limit: int | None = None  # keep only this many labeled training crops
     views: str = "ap"
@@ -79,6 +87,9 @@ class DataConfig:
         for key in ("phantom_n", "phantom_size"):
             if int(getattr(self, key)) < 1:
                 raise TrialConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        for key in ("phantom_labeled_fraction", "phantom_fracture_rate"):
+            if not 0.0 <= float(getattr(self, key)) <= 1.0:
+                raise TrialConfigError(f"{key} must be in [0, 1], got {getattr(self, key)!r}")
         for key in ("val_fraction", "test_fraction"):
             if not 0.0 <= float(getattr(self, key)) < 1.0:
                 raise TrialConfigError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
@@ -176,17 +187,53 @@ def cache_root(config: DataConfig) -> Path:
     return Path(config.cache_dir) if config.cache_dir else cache_home()
 
 
-def ensure_phantom(n: int, seed: int, size: int, root: Path) -> Path:
-    """The phantom set for (n, seed, size), generated once under ``root/phantom``.
+def phantom_folder_name(
+    n: int,
+    seed: int,
+    size: int,
+    *,
+    labeled_fraction: float = PHANTOM_LABELED_FRACTION,
+    fracture_rate: float = PHANTOM_FRACTURE_RATE,
+) -> str:
+    """The cache folder name of one phantom parameter set (unique per set).
+
+    ``n600-seed0-px256`` for the generator's default fractions, else with
+    ``-lf<labeled_fraction>-fr<fracture_rate>`` appended.
+    """
+    name = f"n{n}-seed{seed}-px{size}"
+    if (float(labeled_fraction), float(fracture_rate)) != (
+        PHANTOM_LABELED_FRACTION,
+        PHANTOM_FRACTURE_RATE,
+    ):
+        name += f"-lf{float(labeled_fraction):g}-fr{float(fracture_rate):g}"
+    return name
+
+
+def ensure_phantom(
+    n: int,
+    seed: int,
+    size: int,
+    root: Path,
+    *,
+    labeled_fraction: float = PHANTOM_LABELED_FRACTION,
+    fracture_rate: float = PHANTOM_FRACTURE_RATE,
+    workers: int = 1,
+) -> Path:
+    """The phantom set for (n, seed, size, labeled_fraction, fracture_rate), generated
+    once under ``root/phantom``.
 
     Safe when several trials ask at once: one generates (in a temporary folder that is
-    renamed into place), the others wait on a file lock and reuse it.
+    renamed into place), the others wait on a file lock and reuse it. ``workers``:
+    rendering processes (spawned: a calling script needs the ``__main__`` guard).
     """
     from filelock import FileLock
 
     from pipeline.synth import generate
 
-    target = root / "phantom" / f"n{n}-seed{seed}-px{size}"
+    name = phantom_folder_name(
+        n, seed, size, labeled_fraction=labeled_fraction, fracture_rate=fracture_rate
+    )
+    target = root / "phantom" / name
     if (target / "synth.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +241,15 @@ def ensure_phantom(n: int, seed: int, size: int, root: Path) -> Path:
         if (target / "synth.json").exists():
             return target
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        generate(tmp, n=n, seed=seed, size=size)
+        generate(
+            tmp,
+            n=n,
+            seed=seed,
+            size=size,
+            labeled_fraction=labeled_fraction,
+            fracture_rate=fracture_rate,
+            workers=workers,
+        )
         with contextlib.suppress(FileNotFoundError):
             os.rename(target, target.with_name(f".{target.name}.stale.{os.getpid()}"))
         os.replace(tmp, target)
@@ -251,7 +306,14 @@ def prepare_data(config: TrialConfig, *, progress: bool = False) -> PreparedData
     data_dir = (
         Path(d.data_dir).expanduser().resolve()
         if d.data_dir
-        else ensure_phantom(d.phantom_n, d.phantom_seed, d.phantom_size, root)
+        else ensure_phantom(
+            d.phantom_n,
+            d.phantom_seed,
+            d.phantom_size,
+            root,
+            labeled_fraction=d.phantom_labeled_fraction,
+            fracture_rate=d.phantom_fracture_rate,
+        )
     )
     if not data_dir.is_dir():
         raise TrialError(f"data_dir {data_dir} is not a folder")

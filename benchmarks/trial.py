@@ -1,0 +1,660 @@
+"""One trial, every method: supervised vs FixMatch vs MixMatch on the knee phantom.
+
+    python benchmarks/trial.py                      # the default table (2 CPU cores: ~30 min)
+    python benchmarks/trial.py --quick              # smoke run of every row (a few minutes)
+    python benchmarks/trial.py --json table.json    # also save the table as JSON
+    python benchmarks/trial.py --device cuda --workers 1 --threads 8 --image-size 128 \\
+        --backbone resnet18 --epochs 30 --steps-per-epoch 64 --mu 7 --ssl-epochs 20
+
+Side by side in one run, on one synthetic phantom set (``--n`` images, ``--labeled-fraction``
+of the studies labeled): every training method, with and without SimCLR pretraining,
+for the binary (fracture yes/no) and the 7-class Schatzker tasks; then one FixMatch
+pair that differs only in its input, the frontal view alone (``ap``) or the frontal
+and lateral views as two channels (``ap+lat``), at the same budget.
+
+Every configuration runs in its own fresh process (``--workers`` at a time, each on
+``--threads`` threads), through the trial's own path: ``pipeline.trial.prepare_data``
+then ``pipeline.train.fit``, which keeps the epoch with the best validation monitor
+(AUROC for binary, macro-F1 for Schatzker) and chooses the decision threshold on
+validation. That model is then evaluated once on the held-out test split with the
+validation threshold, as ``pipeline.final`` does. Validation figures are the maximum
+over epochs (optimistic, they chose the epoch); test figures are the honest ones.
+
+Columns: AUROC of P(fracture), macro-F1 (binary: over fracture / no fracture at the
+validation threshold; Schatzker: over the 7 classes, argmax), wall seconds of the
+fit (model build, training, validation; SSL loaded from the stage cache) and of the
+test evaluation, images per second of training (labeled + unlabeled images through
+the model per training second), peak resident memory of the process (and peak CUDA
+memory on a GPU). The SSL stage (computed once, shared by every SSL row through the
+stage cache) has its own line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+for _key, _value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("WANDB_MODE", "disabled"),
+    ("RADSEARCH_SALT", "benchmark"),
+):
+    os.environ.setdefault(_key, _value)
+
+METHODS = ("supervised", "fixmatch", "mixmatch")
+TASKS = ("binary", "schatzker")
+
+# The issue's targets, checked on the test split.
+TARGET_AUROC = 0.95  # binary AUROC with FixMatch
+TARGET_MACRO_F1 = 0.70  # Schatzker macro-F1
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration of the table."""
+
+    task: str
+    method: str
+    ssl: bool
+    views: str = "ap"
+    seed: int = 0
+    group: str = "main"  # "main" or "views"
+
+    @property
+    def name(self) -> str:
+        ssl = "+simclr" if self.ssl else ""
+        return f"{self.task}/{self.method}{ssl}/{self.views}/seed{self.seed}"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Trial keys shared by every row (``pipeline.trial.trial_keys``)."""
+    config: dict[str, Any] = {
+        "phantom_n": args.n,
+        "phantom_seed": args.phantom_seed,
+        "phantom_size": args.phantom_size,
+        "phantom_labeled_fraction": args.labeled_fraction,
+        "phantom_fracture_rate": args.fracture_rate,
+        "cache_dir": str(args.cache),
+        "image_size": args.image_size,
+        "backbone": args.backbone,
+        "pretrained": "none",  # no network here; the same start for every row
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "mu": args.mu,
+        "ssl_method": "none",
+        "ssl_epochs": 0,
+        "ssl_lr": args.ssl_lr,
+        "threads": args.threads,
+        "device": args.device,
+        "split_seed": 0,
+    }
+    for item in args.set:
+        key, _, value = item.partition("=")
+        config[key] = json.loads(value) if value[:1] in '0123456789-[{tfn"' else value
+    return config
+
+
+def row_config(base: dict[str, Any], row: Row, args: argparse.Namespace) -> dict[str, Any]:
+    config = {**base, "task": row.task, "method": row.method, "views": row.views, "seed": row.seed}
+    if row.ssl:
+        config.update(ssl_method=args.ssl_method, ssl_epochs=args.ssl_epochs)
+    return config
+
+
+def plan_rows(args: argparse.Namespace) -> list[Row]:
+    rows = [
+        Row(task=task, method=method, ssl=ssl, seed=seed)
+        for seed in range(args.seeds)
+        for task in TASKS
+        for ssl in (False, True)
+        for method in METHODS
+    ]
+    if not args.no_views:
+        rows += [
+            Row(
+                task="binary",
+                method=args.views_method,
+                ssl=False,
+                views="ap+lat",
+                seed=s,
+                group="views",
+            )
+            for s in range(args.seeds)
+        ]
+    if args.only:
+        rows = [r for r in rows if any(part in r.name for part in args.only)]
+    return rows
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _cuda_peak_mib() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def prepare(config: dict[str, Any]) -> dict[str, Any]:
+    """Generate the phantom and fill the preprocessing cache (once, with every core)."""
+    from pipeline.trial import TrialConfig, cache_root, ensure_phantom, prepare_data
+
+    t0 = time.perf_counter()
+    cfg = TrialConfig.from_dict({**config, "preprocess_workers": os.cpu_count() or 1})
+    d = cfg.data
+    ensure_phantom(
+        d.phantom_n,
+        d.phantom_seed,
+        d.phantom_size,
+        cache_root(d),
+        labeled_fraction=d.phantom_labeled_fraction,
+        fracture_rate=d.phantom_fracture_rate,
+        workers=os.cpu_count() or 1,
+    )
+    t1 = time.perf_counter()
+    prepared = prepare_data(cfg)
+    return {
+        "phantom_s": t1 - t0,
+        "preprocess_s": time.perf_counter() - t1,
+        "summary": prepared.summary,
+        "class_counts": {
+            name: _class_counts(getattr(prepared, name))
+            for name in ("train", "val", "test", "unlabeled")
+        },
+        "hidden_unlabeled": _class_counts_list(getattr(prepared.unlabeled, "true_labels", [])),
+    }
+
+
+def _class_counts(dataset: Any) -> dict[int, int]:
+    return _class_counts_list(dataset.labels.tolist())
+
+
+def _class_counts_list(labels: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for v in labels:
+        out[int(v)] = out.get(int(v), 0) + 1
+    return dict(sorted(out.items()))
+
+
+def run_ssl_stage(config: dict[str, Any], stage_root: str) -> dict[str, Any]:
+    """Compute the SSL stage every SSL row loads (keyed by its settings and data)."""
+    from pipeline.train.runtime import using_threads
+    from pipeline.train.stages import pretrain
+    from pipeline.trial import TrialConfig, prepare_data
+
+    cfg = TrialConfig.from_dict(config)
+    with using_threads(cfg.train.threads):
+        prepared = prepare_data(cfg)
+        t0 = time.perf_counter()
+        result = pretrain(cfg.train, prepared.train_data(), cache_root=stage_root)
+        seconds = time.perf_counter() - t0
+    record = result.stages[-1]
+    images = len(prepared.train) + len(prepared.unlabeled)
+    steps = max(1, images // cfg.train.batch_size)
+    return {
+        "seconds": seconds,
+        "hit": record.hit,
+        "history": record.history,
+        "images_per_s": 2 * steps * cfg.train.batch_size * cfg.train.ssl_epochs / seconds,
+        "peak_rss_mib": _peak_rss_mib(),
+        "cuda_peak_mib": _cuda_peak_mib(),
+    }
+
+
+def run_row(config: dict[str, Any], stage_root: str) -> dict[str, Any]:
+    """Fit one configuration as a trial does, then evaluate it once on the test split."""
+    import torch
+
+    from pipeline.train import evaluate, fit
+    from pipeline.train.runtime import using_threads
+    from pipeline.trial import TrialConfig, prepare_data
+
+    cfg = TrialConfig.from_dict(config)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with using_threads(cfg.train.threads):
+        prepared = prepare_data(cfg)
+        t0 = time.perf_counter()
+        result = fit(cfg.train, prepared.train_data(), cache_root=stage_root)
+        t1 = time.perf_counter()
+        device = "cuda" if result.runtime["device"].startswith("cuda") else "cpu"
+        test = evaluate(
+            result.model,
+            prepared.test,
+            threshold=result.threshold,
+            threshold_metric=cfg.train.threshold_metric,
+            device=device,
+        )
+        t2 = time.perf_counter()
+    train_s = sum(h.get("train/epoch_s", 0.0) for h in result.history)
+    images = sum(
+        h.get("train/images_per_s", 0.0) * h.get("train/epoch_s", 0.0) for h in result.history
+    )
+    labeled = sum(
+        h.get("train/labeled_per_s", 0.0) * h.get("train/epoch_s", 0.0) for h in result.history
+    )
+    best = result.metrics
+    monitors = {
+        k: best[k]
+        for k in ("train/mask_rate", "train/pseudo_acc", "train/rampup", "train/loss_u")
+        if k in best
+    }
+    return {
+        "val": {k[4:]: v for k, v in best.items() if k.startswith("val/")},
+        "test": dict(test.metrics),
+        "monitors": monitors,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "fit_s": t1 - t0,
+        "test_s": t2 - t1,
+        "train_s": train_s,
+        "images_per_s": images / train_s if train_s else float("nan"),
+        "labeled_per_s": labeled / train_s if train_s else float("nan"),
+        "peak_rss_mib": _peak_rss_mib(),
+        "cuda_peak_mib": _cuda_peak_mib(),
+        "ssl_stage_hit": bool(result.pretrained and result.pretrained.stages),
+        "splits": {n: len(getattr(prepared, n)) for n in ("train", "val", "test", "unlabeled")},
+        "runtime": result.runtime,
+    }
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _cell(values: list[float], digits: int = 3) -> str:
+    mean, sd = _mean_sd(values)
+    return _f(mean, digits) + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[tuple, dict[str, list[float]]]:
+    """Rows of several seeds -> lists of their figures, keyed by (group, task, method, ssl, views)."""
+    table: dict[tuple, dict[str, list[float]]] = {}
+    for r in results:
+        if "error" in r:
+            continue
+        row = r["row"]
+        key = (row["group"], row["task"], row["method"], row["ssl"], row["views"])
+        cell = table.setdefault(key, {})
+        figures = {
+            "val_auroc": r["val"].get("auroc"),
+            "test_auroc": r["test"].get("auroc"),
+            "val_macro_f1": r["val"].get("macro_f1"),
+            "test_macro_f1": r["test"].get("macro_f1"),
+            "test_sensitivity": r["test"].get("sensitivity"),
+            "test_specificity": r["test"].get("specificity"),
+            "fit_s": r["fit_s"],
+            "test_s": r["test_s"],
+            "images_per_s": r["images_per_s"],
+            "peak_rss_mib": r["peak_rss_mib"],
+            "cuda_peak_mib": r["cuda_peak_mib"],
+            "best_epoch": r["best_epoch"],
+            "mask_rate": r["monitors"].get("train/mask_rate"),
+            "pseudo_acc": r["monitors"].get("train/pseudo_acc"),
+        }
+        for k, v in figures.items():
+            cell.setdefault(k, []).append(float("nan") if v is None else float(v))
+    return table
+
+
+def markdown_table(
+    table: dict[tuple, dict[str, list[float]]], keys: list[tuple], cuda: bool
+) -> str:
+    head = [
+        "task",
+        "method",
+        "SSL",
+        "views",
+        "val AUROC",
+        "**test AUROC**",
+        "val macro-F1",
+        "**test macro-F1**",
+        "test sens / spec",
+        "best epoch",
+        "FixMatch mask / pseudo-acc",
+        "fit s",
+        "images/s",
+        "peak RSS MiB",
+    ]
+    if cuda:
+        head.append("CUDA peak MiB")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    for key in keys:
+        if key not in table:
+            continue
+        _, task, method, ssl, views = key
+        c = table[key]
+        mask = (
+            f"{_cell(c['mask_rate'], 2)} / {_cell(c['pseudo_acc'], 2)}"
+            if method == "fixmatch"
+            else ""
+        )
+        cells = [
+            task,
+            method,
+            "simclr" if ssl else "none",
+            views,
+            _cell(c["val_auroc"]),
+            f"**{_cell(c['test_auroc'])}**",
+            _cell(c["val_macro_f1"]),
+            f"**{_cell(c['test_macro_f1'])}**",
+            f"{_cell(c['test_sensitivity'], 2)} / {_cell(c['test_specificity'], 2)}",
+            _cell(c["best_epoch"], 1),
+            mask,
+            _cell(c["fit_s"], 0),
+            _cell(c["images_per_s"], 0),
+            _cell(c["peak_rss_mib"], 0),
+        ]
+        if cuda:
+            cells.append(_cell(c["cuda_peak_mib"], 0))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def check_targets(table: dict[tuple, dict[str, list[float]]]) -> list[str]:
+    """The issue's targets, on the test split (validation beside it, for reference)."""
+    out = []
+
+    def mean(key: tuple, figure: str) -> float:
+        return _mean_sd(table[key][figure])[0] if key in table else float("nan")
+
+    for ssl in (False, True):
+        tag = "with SimCLR" if ssl else "without SSL"
+        fm = ("main", "binary", "fixmatch", ssl, "ap")
+        sup = ("main", "binary", "supervised", ssl, "ap")
+        auroc, val_auroc = mean(fm, "test_auroc"), mean(fm, "val_auroc")
+        if not math.isnan(auroc):
+            out.append(
+                _verdict(
+                    f"binary AUROC with FixMatch ({tag}) >= {TARGET_AUROC}",
+                    auroc,
+                    TARGET_AUROC,
+                    val_auroc,
+                )
+            )
+        for task, figure in (("binary", "test_auroc"), ("schatzker", "test_macro_f1")):
+            fm_t = ("main", task, "fixmatch", ssl, "ap")
+            sup_t = ("main", task, "supervised", ssl, "ap")
+            a, b = mean(fm_t, figure), mean(sup_t, figure)
+            if math.isnan(a) or math.isnan(b):
+                continue
+            label = figure.replace("test_", "").replace("_", "-")
+            out.append(
+                f"- FixMatch above supervised, {task} {label} ({tag}): test {a:.3f} vs {b:.3f} -> "
+                + ("met" if a > b else f"NOT met (short by {b - a:.3f})")
+                + f" (validation {mean(fm_t, figure.replace('test', 'val')):.3f} vs "
+                f"{mean(sup_t, figure.replace('test', 'val')):.3f})"
+            )
+        del sup
+    best = max(
+        (
+            (mean(("main", "schatzker", m, s, "ap"), "test_macro_f1"), m, s)
+            for m in METHODS
+            for s in (False, True)
+        ),
+        key=lambda t: -1.0 if math.isnan(t[0]) else t[0],
+    )
+    if not math.isnan(best[0]):
+        key = ("main", "schatzker", best[1], best[2], "ap")
+        out.append(
+            _verdict(
+                f"Schatzker macro-F1 >= {TARGET_MACRO_F1} (best row: {best[1]}"
+                f"{' + simclr' if best[2] else ''})",
+                best[0],
+                TARGET_MACRO_F1,
+                mean(key, "val_macro_f1"),
+            )
+        )
+    return out
+
+
+def _verdict(what: str, value: float, target: float, val: float) -> str:
+    status = "met" if value >= target else f"NOT met (short by {target - value:.3f})"
+    return f"- {what}: test {value:.3f} -> {status} (validation {val:.3f})"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1500, help="phantom images (default 1500)")
+    p.add_argument("--labeled-fraction", type=float, default=0.15)
+    p.add_argument("--fracture-rate", type=float, default=0.25)
+    p.add_argument("--phantom-size", type=int, default=256)
+    p.add_argument("--phantom-seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--backbone", default="mobilenetv3_small_100")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--steps-per-epoch", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--mu", type=int, default=3, help="FixMatch unlabeled ratio (paper: 7)")
+    p.add_argument("--ssl-method", default="simclr")
+    p.add_argument("--ssl-epochs", type=int, default=5)
+    p.add_argument("--ssl-lr", type=float, default=1e-3)
+    p.add_argument("--views-method", default="fixmatch", help="method of the views pair")
+    p.add_argument("--no-views", action="store_true", help="skip the ap vs ap+lat pair")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per row (mean ± sd)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per configuration")
+    p.add_argument("--workers", type=int, default=2, help="configurations run at once")
+    p.add_argument("--cache", type=Path, default=None, help="phantom and preprocessing cache")
+    p.add_argument("--reuse-stages", action="store_true", help="keep the SSL stage between runs")
+    p.add_argument("--only", nargs="*", default=[], help="rows whose name contains any of these")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra trial key"
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny budget, every row")
+    p.add_argument("--json", type=Path, default=None, help="save the table as JSON here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.steps_per_epoch, args.ssl_epochs = 2, 4, 1
+        args.mu = min(args.mu, 2)
+    if args.cache is None:
+        args.cache = Path(
+            os.environ.get("RADSEARCH_CACHE") or Path(tempfile.gettempdir()) / "radsearch-bench"
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    base = base_config(args)
+    rows = plan_rows(args)
+    load_start = os.getloadavg()
+    t_start = time.perf_counter()
+    print(
+        f"preparing: phantom n={args.n} ({args.labeled_fraction:g} labeled, fracture rate "
+        f"{args.fracture_rate:g}) at {args.phantom_size} px, crops {args.image_size} px, "
+        f"cache {args.cache}",
+        flush=True,
+    )
+    data = prepare(base)
+    print(
+        f"  phantom {data['phantom_s']:.0f} s, preprocessing {data['preprocess_s']:.0f} s; "
+        f"splits {data['summary']['splits']}; classes {data['class_counts']}",
+        flush=True,
+    )
+    stage_dir = tempfile.TemporaryDirectory(prefix="trial-bench-stages-")
+    stage_root = str(args.cache / "bench-stages") if args.reuse_stages else stage_dir.name
+    ctx_kwargs: dict[str, Any] = {}
+    import multiprocessing
+
+    ctx_kwargs["mp_context"] = multiprocessing.get_context("spawn")
+    results: list[dict[str, Any]] = []
+    ssl_info: dict[str, Any] | None = None
+    t_train = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.workers, max_tasks_per_child=1, **ctx_kwargs) as pool:
+        # the SSL stage first, beside the rows that do not need it; SSL rows after it
+        ssl_rows = [r for r in rows if r.ssl]
+        plain = sorted((r for r in rows if not r.ssl), key=_cost_order)
+        ssl_future: Future | None = None
+        if ssl_rows:
+            ssl_future = pool.submit(run_ssl_stage, row_config(base, ssl_rows[0], args), stage_root)
+        pending = [(r, pool.submit(run_row, row_config(base, r, args), stage_root)) for r in plain]
+        if ssl_future is not None:
+            ssl_info = _collect_stage(ssl_future)
+            pending += [
+                (r, pool.submit(run_row, row_config(base, r, args), stage_root))
+                for r in sorted(ssl_rows, key=_cost_order)
+            ]
+        for row, future in pending:
+            try:
+                out = future.result()
+            except Exception as e:  # report the row, keep the table
+                out = {"error": f"{type(e).__name__}: {e}"}
+            out["row"] = asdict(row)
+            results.append(out)
+            _progress(row, out)
+    wall = time.perf_counter() - t_train
+    stage_dir.cleanup()
+    load_end = os.getloadavg()
+
+    cuda = any(r.get("cuda_peak_mib") for r in results)
+    table = aggregate(results)
+    main_keys = [
+        ("main", task, method, ssl, "ap")
+        for task in TASKS
+        for ssl in (False, True)
+        for method in METHODS
+    ]
+    views_keys = [
+        ("main", "binary", args.views_method, False, "ap"),
+        ("views", "binary", args.views_method, False, "ap+lat"),
+    ]
+    splits = data["summary"]["splits"]
+    print(
+        f"\n### Trial methods on the phantom: {args.n} images, {args.labeled_fraction:.0%} of studies "
+        f"labeled, fracture rate {args.fracture_rate:g}; crops {args.image_size} px; "
+        f"{args.backbone}, {args.epochs} epochs x {args.steps_per_epoch} steps of {args.batch_size} "
+        f"labeled (FixMatch mu {args.mu}, MixMatch K 2), lr {args.lr:g}; SSL: {args.ssl_method} "
+        f"{args.ssl_epochs} epochs; {args.seeds} training seed(s) per row (mean ± sd), split seed 0; "
+        f"{args.workers} configurations at a time, {args.threads} thread(s) each, device {args.device}\n"
+    )
+    print(
+        f"Labeled crops: train {splits['train']}, validation {splits['val']}, held-out test "
+        f"{splits['test']}; unlabeled pool {splits['unlabeled']}. Classes (Schatzker 0..6): "
+        f"train {data['class_counts']['train']}, val {data['class_counts']['val']}, "
+        f"test {data['class_counts']['test']}.\n"
+    )
+    print(markdown_table(table, main_keys, cuda))
+    if ssl_info is not None:
+        print(
+            f"\nSSL stage ({args.ssl_method}, {args.ssl_epochs} epochs over "
+            f"{splits['train'] + splits['unlabeled']} images, computed once and loaded by every SSL row): "
+            f"{ssl_info.get('seconds', float('nan')):.0f} s, "
+            f"{ssl_info.get('images_per_s', float('nan')):.0f} views/s, peak RSS "
+            f"{ssl_info.get('peak_rss_mib', float('nan')):.0f} MiB, loss per epoch "
+            f"{[round(v, 3) for v in ssl_info.get('history', [])]}"
+            + (" (cache hit: not recomputed)" if ssl_info.get("hit") else "")
+        )
+    if not args.no_views:
+        print(
+            f"\n### Single view vs two views ({args.views_method}, binary, no SSL, same budget; "
+            "ap+lat: frontal + lateral crop as two channels, a zero channel where the study has "
+            "no lateral view)\n"
+        )
+        print(markdown_table(table, views_keys, cuda))
+    print("\n### Targets (test split; the validation figure chose the epoch and threshold)\n")
+    for line in check_targets(table):
+        print(line)
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        print(f"- FAILED {Row(**r['row']).name}: {r['error']}")
+    total = time.perf_counter() - t_start
+    print(
+        f"\nWall time: {total / 60:.1f} min in all ({wall / 60:.1f} min of training and "
+        f"evaluation); load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
+        f"on {os.cpu_count()} CPUs."
+    )
+    if args.json:
+        from pipeline.io import atomic_write_json
+
+        atomic_write_json(
+            args.json,
+            {
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "data": data,
+                "ssl_stage": ssl_info,
+                "rows": results,
+                "targets": check_targets(table),
+                "wall_s": total,
+                "train_wall_s": wall,
+                "load_average": {"start": load_start, "end": load_end},
+            },
+        )
+        print(f"saved {args.json}")
+    return 1 if errors else 0
+
+
+def _cost_order(row: Row) -> tuple[int, str]:
+    """Most expensive first, so the two workers finish together."""
+    return ({"fixmatch": 0, "mixmatch": 1, "supervised": 2}.get(row.method, 3), row.name)
+
+
+def _collect_stage(future: Future) -> dict[str, Any]:
+    try:
+        info = future.result()
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    print(
+        f"  SSL stage: {info['seconds']:.0f} s ({'cache hit' if info['hit'] else 'computed'})",
+        flush=True,
+    )
+    return info
+
+
+def _progress(row: Row, out: dict[str, Any]) -> None:
+    if "error" in out:
+        print(f"  {row.name}: FAILED {out['error']}", flush=True)
+        return
+    print(
+        f"  {row.name}: val AUROC {_f(out['val'].get('auroc'))} macro-F1 "
+        f"{_f(out['val'].get('macro_f1'))} | test AUROC {_f(out['test'].get('auroc'))} "
+        f"macro-F1 {_f(out['test'].get('macro_f1'))} | best epoch {out['best_epoch']} | "
+        f"{out['fit_s']:.0f} s, {out['images_per_s']:.0f} img/s | "
+        + " ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in out["monitors"].items()),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The active-learning simulation: labels hidden, revealed in rounds, one curve per strategy.
+
+On a fully labeled data set (by default a phantom set generated with every image
+labeled, large enough that the pool is several times the labeling budget, as when
+most of a collection is unlabeled), the training split becomes the pool and its
+labels are hidden. Each
+strategy starts from the same seeded set of ``initial`` labeled crops (at least one
+fractured and one not), trains, then repeatedly asks for the ``batch`` crops it
+ranks highest, sees their labels, and retrains from scratch; validation and test
+AUROC are recorded after every round. The initial round is trained once per seed and
+shared, so every curve starts from the same model. Semi-supervised methods
+(``method: fixmatch``) see the rest of the pool, unlabeled, in every round.
+
+    rows = simulate(SimulationConfig(strategies=("random", "badge"), rounds=6,
+                                     trial={"backbone": "test_resnet", "epochs": 10}))
+    curves = learning_curves(rows)                         # strategy -> [(labels, auroc)]
+    labels_to_reach(curves["badge"], curves["random"][-1][1])
+
+Training goes through :func:`pipeline.train.fit` with the data of
+:func:`pipeline.trial.prepare_data` (the trial keys in ``trial``), so the simulation
+measures the pipeline a search would run, on a small budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.registry import UnknownNameError
+
+DEFAULT_STRATEGIES = ("random", "entropy", "margin", "badge", "coreset")
+
+
+class SimulationError(ValueError):
+    """A simulation that cannot run as configured; the message names the setting."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig:
+    """What to simulate: strategies, the labeling schedule, seeds and the trial keys."""
+
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    initial: int = 40  # labeled crops before the first round
+    batch: int = 40  # crops revealed per round
+    rounds: int = 8  # acquisition rounds after the initial training
+    seeds: tuple[int, ...] = (0,)
+    trial: Mapping[str, Any] = field(default_factory=dict)  # data, preprocessing, training keys
+    phantom_n: int = 3000  # size of the fully labeled phantom (when trial has no data_dir)
+    phantom_seed: int = 0
+    phantom_fracture_rate: float = 0.25  # share of patients with a fracture in that phantom
+
+    def __post_init__(self) -> None:
+        from pipeline.active.strategies import ACQUISITIONS
+
+        if not self.strategies:
+            raise SimulationError("strategies: name at least one")
+        for name in self.strategies:
+            try:
+                ACQUISITIONS.get(name)
+            except UnknownNameError as e:
+                raise SimulationError(f"strategies: {e}") from e
+        for key in ("initial", "batch", "rounds", "phantom_n"):
+            if int(getattr(self, key)) < (2 if key == "initial" else 1):
+                raise SimulationError(f"{key} must be >= {2 if key == 'initial' else 1}")
+        if not self.seeds:
+            raise SimulationError("seeds: give at least one")
+        if not 0.0 < float(self.phantom_fracture_rate) < 1.0:
+            raise SimulationError("phantom_fracture_rate must be in (0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundResult:
+    """One point of one learning curve."""
+
+    strategy: str
+    seed: int
+    round: int  # 0 = the initial labeled set
+    labels: int  # labeled crops the model was trained on
+    positives: int  # of which fractured
+    val_auroc: float
+    test_auroc: float
+    seconds: float  # training and evaluation time of this round
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def labeled_phantom(
+    n: int, seed: int, size: int, root: Path, *, fracture_rate: float = 0.25, workers: int = 1
+) -> Path:
+    """A phantom set with every image labeled, generated once under ``root/phantom``."""
+    from filelock import FileLock
+
+    from pipeline.synth import generate
+
+    target = root / "phantom" / f"labeled-n{n}-seed{seed}-px{size}-fx{fracture_rate:g}"
+    if (target / "synth.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "synth.json").exists():
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            generate(
+                tmp,
+                n=n,
+                seed=seed,
+                size=size,
+                labeled_fraction=1.0,
+                fracture_rate=fracture_rate,
+                workers=workers,
+            )
+            os.replace(tmp, target)
+    return target
+
+
+def initial_set(labels: np.ndarray, size: int, seed: int) -> list[int]:
+    """A seeded draw of ``size`` pool indices holding at least one fractured (label > 0)
+    and one unfractured crop."""
+    rng = random.Random(seed)
+    order = list(range(len(labels)))
+    rng.shuffle(order)
+    first = [next(i for i in order if labels[i] > 0), next(i for i in order if labels[i] == 0)]
+    rest = [i for i in order if i not in first]
+    return first + rest[: max(0, size - 2)]
+
+
+@dataclass
+class _Data:
+    pool: list[Any]  # items whose labels the oracle knows
+    val: Any
+    test: Any
+    index: Any
+    views: str
+    missing_view: str
+    root: Path
+
+    def dataset(self, items: Sequence[Any]) -> Any:
+        from pipeline.data import CachedRadiographs
+
+        return CachedRadiographs(
+            list(items), self.index, views=self.views, missing_view=self.missing_view
+        )
+
+
+def _prepare(config: SimulationConfig) -> tuple[Any, _Data]:
+    from pipeline.trial import TrialConfig, cache_root, prepare_data
+
+    trial = dict(config.trial)
+    cfg = TrialConfig.from_dict(trial)
+    root = cache_root(cfg.data)
+    if not cfg.data.data_dir:
+        path = labeled_phantom(
+            config.phantom_n,
+            config.phantom_seed,
+            cfg.data.phantom_size,
+            root,
+            fracture_rate=config.phantom_fracture_rate,
+            workers=cfg.data.preprocess_workers or cfg.train.threads or 1,
+        )
+        cfg = TrialConfig.from_dict({**trial, "data_dir": str(path)})
+    prepared = prepare_data(cfg)
+    pool = list(prepared.train.items)
+    if len(pool) < config.initial + config.batch:
+        raise SimulationError(
+            f"the pool has {len(pool)} labeled training crops; initial + batch needs "
+            f"{config.initial + config.batch} (use a larger phantom_n or data set)"
+        )
+    labels = np.asarray([i.label for i in pool])
+    if not (labels > 0).any() or not (labels == 0).any():
+        raise SimulationError("the pool needs fractured and unfractured crops")
+    data = _Data(
+        pool=pool,
+        val=prepared.val,
+        test=prepared.test,
+        index=prepared.index,
+        views=cfg.data.views,
+        missing_view=cfg.data.missing_view,
+        root=root,
+    )
+    return cfg, data
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _train(cfg: Any, data: _Data, labeled: list[int], seed: int, tag: str) -> tuple[Any, dict]:
+    """Train on the labeled pool indices; returns the model and the round's metrics."""
+    from pipeline.train import TrainData, evaluate, fit
+
+    chosen = set(labeled)
+    hidden = [
+        dataclasses.replace(item, label=-1) for i, item in enumerate(data.pool) if i not in chosen
+    ]
+    train = TrainData(
+        labeled=data.dataset([data.pool[i] for i in labeled]),
+        val=data.val,
+        unlabeled=data.dataset(hidden) if hidden else None,
+        identity=f"active/{tag}",
+    )
+    t0 = time.perf_counter()
+    result = fit(cfg.train.replace(seed=seed), train, cache_root=data.root / "stages")
+    val = evaluate(result.model, data.val, threshold=result.threshold)
+    test = evaluate(result.model, data.test, threshold=result.threshold)
+    return result.model, {
+        "val_auroc": float(val.metrics.get("auroc", math.nan)),
+        "test_auroc": float(test.metrics.get("auroc", math.nan)),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _next_batch(
+    model: Any, data: _Data, labeled: list[int], strategy: str, k: int, rng: np.random.Generator
+) -> list[int]:
+    """Pool indices (k) that ``strategy`` picks among the unlabeled ones."""
+    from pipeline.active.strategies import ACQUISITIONS, Pool, acquire
+    from pipeline.explain.inputs import infer
+
+    chosen = set(labeled)
+    rest = [i for i in range(len(data.pool)) if i not in chosen]
+    needs = ACQUISITIONS.get(strategy).needs_embeddings
+    probs, feats = infer(model, data.dataset([data.pool[i] for i in rest]), features=needs)
+    known = None
+    if needs:
+        known = infer(model, data.dataset([data.pool[i] for i in labeled]), features=True)[1]
+    picked = acquire(
+        strategy, Pool(probs=probs, embeddings=feats, labeled_embeddings=known), k, rng
+    )
+    return [rest[i] for i in picked.indices.tolist()]
+
+
+def simulate(
+    config: SimulationConfig, *, progress: Callable[[RoundResult], None] | None = None
+) -> list[RoundResult]:
+    """Run every strategy for every seed (module docstring); ``progress`` sees each round."""
+    from pipeline.train.runtime import using_threads
+
+    cfg, data = _prepare(config)
+    labels = np.asarray([i.label for i in data.pool])
+    rows: list[RoundResult] = []
+
+    def record(strategy: str, seed: int, rnd: int, labeled: list[int], m: dict) -> None:
+        row = RoundResult(
+            strategy=strategy,
+            seed=seed,
+            round=rnd,
+            labels=len(labeled),
+            positives=int((labels[labeled] > 0).sum()),
+            val_auroc=m["val_auroc"],
+            test_auroc=m["test_auroc"],
+            seconds=round(m["seconds"], 2),
+        )
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+
+    with using_threads(cfg.train.threads):
+        for seed in config.seeds:
+            start = initial_set(labels, config.initial, seed)
+            model0, m0 = _train(cfg, data, start, seed, f"{seed}/initial")
+            for strategy in config.strategies:
+                rng = np.random.default_rng([seed, _stable(strategy)])
+                labeled, model = list(start), model0
+                record(strategy, seed, 0, labeled, m0)
+                for rnd in range(1, config.rounds + 1):
+                    if len(labeled) >= len(data.pool):
+                        break
+                    labeled += _next_batch(model, data, labeled, strategy, config.batch, rng)
+                    model, m = _train(cfg, data, labeled, seed, f"{seed}/{strategy}/{rnd}")
+                    record(strategy, seed, rnd, labeled, m)
+    return rows
+
+
+def _stable(text: str) -> int:
+    """A process-independent integer of a string (``hash`` is salted per process)."""
+    return int.from_bytes(text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def learning_curves(
+    rows: Sequence[RoundResult], metric: str = "test_auroc"
+) -> dict[str, list[tuple[float, float]]]:
+    """strategy -> [(labels, metric averaged over seeds)] by round."""
+    by: dict[str, dict[int, list[RoundResult]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by[r.strategy][r.round].append(r)
+    return {
+        s: [
+            (
+                float(np.mean([r.labels for r in rounds[k]])),
+                float(np.nanmean([getattr(r, metric) for r in rounds[k]])),
+            )
+            for k in sorted(rounds)
+        ]
+        for s, rounds in by.items()
+    }
+
+
+def labels_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
+    """Labels at which a learning curve first reaches ``target``, interpolating linearly
+    between rounds; None when it never does."""
+    for i, (labels, value) in enumerate(curve):
+        if value >= target:
+            if i == 0:
+                return float(labels)
+            l0, v0 = curve[i - 1]
+            return float(l0 + (labels - l0) * (target - v0) / (value - v0))
+    return None
+
+
+def write_rows(rows: Sequence[RoundResult], path: str | Path) -> Path:
+    """The rounds as a CSV (one row per strategy, seed and round)."""
+    import csv
+    import io
+
+    from pipeline.io import atomic_write_text
+
+    buf = io.StringIO()
+    names = [f.name for f in dataclasses.fields(RoundResult)]
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(dataclasses.asdict(r))
+    return atomic_write_text(path, buf.getvalue())

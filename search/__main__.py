@@ -1,0 +1,385 @@
+"""``python -m search``: run, resume and inspect hyperparameter searches.
+
+    python -m search validate spaces/fixmatch.yaml
+    python -m search run spaces/fixmatch.yaml --name demo
+    python -m search status results/demo
+    python -m search resume results/demo
+    python -m search best results/demo
+    python -m search report results/demo
+    python -m search promote results/demo
+    python -m search list losses
+
+A thin shell over the ``search`` package; every command returns 0 on success, 1 when
+a search or a final run failed or was interrupted, and 2 for invalid input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from search.space import DOCUMENTED_CHOICES, SpaceError
+
+LIST_KINDS = ("losses", "samplers", "methods", "ssl_methods", "backbones", "steps")
+_DOCUMENTED_PARTS = {
+    "losses": DOCUMENTED_CHOICES["loss"],
+    "samplers": DOCUMENTED_CHOICES["sampler"],
+    "methods": DOCUMENTED_CHOICES["method"],
+    "ssl_methods": DOCUMENTED_CHOICES["ssl_method"],
+    "steps": ("pad_square", "clean", "localize", "window", "clahe", "resize"),
+}
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _add_budget_overrides(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget overrides (default: the space's budget section)")
+    g.add_argument("--trials", type=int, help="total number of trials")
+    g.add_argument(
+        "--concurrency", type=int, help="trials at once (capped at what fits the cluster)"
+    )
+    g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (also its threads)")
+    g.add_argument(
+        "--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (0.5)"
+    )
+    g.add_argument("--epochs", type=int, help="epochs per trial")
+    g.add_argument("--time-budget-s", type=float, help="wall-clock cap per trial, in seconds")
+    g.add_argument(
+        "--scheduler", choices=("asha", "ax", "none"), help="early stopping: ASHA, Ax's, or none"
+    )
+    g.add_argument(
+        "--algorithm", choices=("botorch", "sobol", "random", "tpe"), help="proposal algorithm"
+    )
+    p.add_argument(
+        "--wandb", choices=("online", "offline", "disabled"), help="W&B mode (default: the space's)"
+    )
+    p.add_argument(
+        "--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: a local Ray)"
+    )
+    p.add_argument(
+        "--trainable",
+        metavar="MODULE:FUNCTION",
+        help="another function with run_trial's signature (MODULE:FN or FILE.py:FN)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no live table (one line per finished trial)"
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "trials": args.trials,
+        "concurrency": args.concurrency,
+        "cpus_per_trial": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "epochs": args.epochs,
+        "time_budget_s": args.time_budget_s,
+        "scheduler": args.scheduler,
+        "algorithm": args.algorithm,
+        "wandb": args.wandb,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run a search space to the end of its budget")
+    p.add_argument("space", help="a search space YAML file (spaces/*.yaml)")
+    p.add_argument("--name", help="experiment folder name (default: SPACE-NAME-YYYYmmdd-HHMMSS)")
+    p.add_argument(
+        "--results", default="results", help="where experiment folders go (default: results)"
+    )
+    p.add_argument(
+        "--data", type=Path, help="a folder of DICOM files (default: the synthetic phantom)"
+    )
+    p.add_argument("--labels", type=Path, help="the labels CSV (default: DATA/labels.csv)")
+    _add_budget_overrides(p)
+
+    p = sub.add_parser("resume", help="continue a crashed or interrupted experiment")
+    p.add_argument("experiment", help="results/NAME")
+    _add_budget_overrides(p)
+
+    p = sub.add_parser("status", help="show an experiment's progress")
+    p.add_argument("experiment")
+
+    p = sub.add_parser("best", help="print the best configuration")
+    p.add_argument("experiment")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+
+    p = sub.add_parser("list", help="list the parts a space can name")
+    p.add_argument("kind", choices=LIST_KINDS)
+    p.add_argument(
+        "--filter", default="", help="only names containing this text (backbones: a timm pattern)"
+    )
+
+    p = sub.add_parser("promote", help="train the best configuration longer and test it once")
+    p.add_argument("experiment")
+    p.add_argument(
+        "--epochs", type=int, help="epochs of the final run (default: budget.final_epochs or 2x)"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: results/NAME/final)")
+    p.add_argument("--wandb", choices=("online", "offline", "disabled"))
+    p.add_argument(
+        "--run-final", metavar="MODULE:FUNCTION", help="another function with run_final's signature"
+    )
+
+    p = sub.add_parser("report", help="write an HTML report with plots")
+    p.add_argument("experiment")
+    p.add_argument("--out", type=Path, help="output file (default: results/NAME/report.html)")
+
+    p = sub.add_parser("validate", help="check search space files")
+    p.add_argument("spaces", nargs="+")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    from search.searcher import build_client
+    from search.space import load_space
+
+    status = 0
+    for path in args.spaces:
+        try:
+            space = load_space(path)
+            build_client(space)  # Ax's own checks (hierarchy, constraints)
+        except SpaceError as e:
+            _err(str(e))
+            status = 2
+            continue
+        except Exception as e:  # Ax rejected the space
+            _err(f"{path}: {e}")
+            status = 2
+            continue
+        searched = ", ".join(p.name for p in space.parameters.searched)
+        print(
+            f"{path}: ok ({len(space.parameters.searched)} searched: {searched}; "
+            f"{space.budget.trials} trials, {space.budget.concurrency} at a time)"
+        )
+    return status
+
+
+def _print_result(result: Any) -> int:
+    from search.experiment import resume_command
+
+    path = result.path
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path)
+    counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(result.counts.items()))
+    for note in result.notes:
+        print(note)
+    print(f"{shown}: {result.status} in {result.seconds:.0f}s ({counts})")
+    if result.best is not None:
+        b = result.best
+        print(
+            f"best: trial {b['trial']}, {b['objective']['metric']} = {b['objective']['value']:.4g}"
+        )
+        print(f"next: python -m search report {shown}   |   python -m search promote {shown}")
+    if result.status != "finished":
+        print(f"continue with: {resume_command(path)}")
+        return 1
+    return 0
+
+
+def _trainable(args: argparse.Namespace) -> Callable | None:
+    if getattr(args, "trainable", None):
+        from search.runner import load_trainable
+
+        return load_trainable(args.trainable)
+    return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.runner import run_search
+    from search.space import load_space
+
+    check_names = args.trainable is None
+    space = load_space(args.space, check_names=check_names)
+    space = space.with_overrides(data_dir=args.data, labels=args.labels, **_overrides(args))
+    trainable = _trainable(args)
+    command = "run " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["run"] else f"run {args.space}"
+    result = run_search(
+        space,
+        name=args.name,
+        results_dir=args.results,
+        trainable=trainable,
+        address=args.address,
+        progress=not args.no_progress,
+        command=command,
+    )
+    return _print_result(result)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search.runner import resume_search
+
+    result = resume_search(
+        args.experiment,
+        trainable=_trainable(args),
+        address=args.address,
+        progress=not args.no_progress,
+        **_overrides(args),
+    )
+    return _print_result(result)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from search.experiment import resume_command
+    from search.progress import Progress
+    from search.runner import open_experiment
+
+    folder = open_experiment(args.experiment)
+    space = folder.space()
+    status = folder.status
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(Progress(folder, space, enabled=True, max_rows=1000, console=console).table())
+    sessions = folder.state.get("sessions", [])
+    print(
+        f"{folder.display}: {status}; {len(sessions)} session(s); budget {space.budget.trials} trials"
+    )
+    if status in ("crashed", "interrupted", "failed"):
+        print(f"continue with: {resume_command(folder.path)}")
+    elif status == "running":
+        print("a driver is running it now")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    import yaml
+
+    from search.runner import open_experiment
+
+    folder = open_experiment(args.experiment)
+    best = folder.best()
+    if best is None:
+        _err(f"{folder.display}: no completed trial meets the objective's constraints yet")
+        return 1
+    if args.format == "json":
+        print(json.dumps(best, indent=2, default=str))
+    else:
+        print(yaml.safe_dump(best, sort_keys=False), end="")
+    return 0
+
+
+def list_parts(kind: str) -> tuple[list[tuple[str, str]], str | None]:
+    """(name, description) pairs for ``python -m search list``, and a note when the
+    pipeline's registries are not available and the documented names are shown."""
+    try:
+        from pipeline import list_parts as pipeline_list_parts  # type: ignore[attr-defined]
+
+        return list(pipeline_list_parts(kind)), None
+    except (ImportError, KeyError, ValueError) as e:
+        reason = "pipeline.list_parts is not available" if isinstance(e, ImportError) else str(e)
+    if kind == "backbones":
+        import timm
+
+        return [(n, "") for n in timm.list_models()], f"{reason}; showing timm's models"
+    return [(n, "") for n in _DOCUMENTED_PARTS.get(kind, ())], (
+        f"{reason}; showing the names documented in docs/architecture.md"
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    parts, note = list_parts(args.kind)
+    if args.filter:
+        if args.kind == "backbones" and any(c in args.filter for c in "*?["):
+            import fnmatch
+
+            parts = [(n, d) for n, d in parts if fnmatch.fnmatch(n, args.filter)]
+        else:
+            parts = [(n, d) for n, d in parts if args.filter in n]
+    if note:
+        _err(note)
+    width = max((len(n) for n, _ in parts), default=0)
+    for name, doc in parts:
+        print(f"{name:<{width}}  {doc}".rstrip())
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from search.promote import promote
+    from search.runner import load_trainable
+
+    run_final = load_trainable(args.run_final) if args.run_final else None
+    metrics = promote(
+        args.experiment,
+        run_final=run_final,
+        epochs=args.epochs,
+        out_dir=args.out,
+        wandb_mode=args.wandb,
+        echo=print,
+    )
+    shown = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in metrics.items()
+        if isinstance(v, int | float)
+    )
+    print(f"final run done: {shown}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+
+    path = write_report(args.experiment, args.out)
+    print(path)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "status": cmd_status,
+    "best": cmd_best,
+    "list": cmd_list,
+    "promote": cmd_promote,
+    "report": cmd_report,
+    "validate": cmd_validate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from search.experiment import ExperimentError
+
+    try:
+        return COMMANDS[args.command](args)
+    except SpaceError as e:
+        _err(str(e))
+        return 2
+    except ExperimentError as e:
+        _err(str(e))
+        return 2
+    except KeyboardInterrupt:
+        target = getattr(args, "experiment", None)
+        _err(
+            "interrupted"
+            + (
+                f": continue with `python -m search resume {target}`"
+                if target
+                else "; `python -m search status results/NAME` shows what finished"
+            )
+        )
+        return 130
+    except Exception as e:
+        from search.promote import PromoteError
+        from search.runner import SearchError
+
+        if isinstance(e, SearchError | PromoteError):
+            _err(str(e))
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

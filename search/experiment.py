@@ -1,0 +1,519 @@
+"""The experiment folder ``results/<name>/``: everything one search leaves behind.
+
+    space.yaml        the resolved space (after command-line overrides), loadable again
+    ax_state.json     the Ax client (experiment + generation strategy), after every change
+    experiment.json   sessions, status and one record per trial (the bookkeeping)
+    trials.csv        one row per trial: parameters, status, metrics, epochs, duration, node
+    history.jsonl     every per-epoch report of every trial (learning curves)
+    best.yaml         the best completed trial that meets the outcome constraints
+    ray/session-N/    Ray Tune's experiment folder of each run or resume
+    wandb/            the W&B runs when offline
+    report.html       ``python -m search report``
+    final/            ``python -m search promote``
+
+State files are written atomically (temporary file, then rename), so a driver killed at
+any moment leaves each of them either before or after a change, never half-written.
+``.lock`` is held (``flock``) while a driver works on the folder, so a second run or
+resume of the same experiment refuses to start; the kernel releases it if the driver dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from pipeline.io import atomic_write_json, atomic_write_text
+from search.space import SpaceConfig
+
+if TYPE_CHECKING:
+    from ax import Client
+
+STATE_FILE = "experiment.json"
+AX_FILE = "ax_state.json"
+SPACE_FILE = "space.yaml"
+TRIALS_FILE = "trials.csv"
+HISTORY_FILE = "history.jsonl"
+BEST_FILE = "best.yaml"
+LOCK_FILE = ".lock"
+
+#: trial statuses in ``experiment.json`` / ``trials.csv``
+QUEUED, RUNNING, COMPLETED, FAILED, EARLY_STOPPED, INTERRUPTED = (
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "early_stopped",
+    "interrupted",
+)
+FINISHED_STATUSES = (COMPLETED, FAILED, EARLY_STOPPED)
+
+
+class ExperimentError(RuntimeError):
+    """A problem with an experiment folder (missing, locked, already exists, ...)."""
+
+
+class ExperimentLocked(ExperimentError):
+    """Another driver holds the experiment's lock."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def resume_command(path: str | os.PathLike[str]) -> str:
+    """The exact command that continues an experiment."""
+    return f"python -m search resume {_display(Path(path))}"
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ExperimentFolder:
+    """Reads and writes one experiment folder; the driver is its only writer."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path).resolve()
+        self._state: dict[str, Any] | None = None
+        self._space: SpaceConfig | None = None
+
+    # ---- paths ---------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def ax_path(self) -> Path:
+        return self.path / AX_FILE
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.path / TRIALS_FILE
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / BEST_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY_FILE
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.path / "ray"
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / "wandb"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"
+
+    @property
+    def display(self) -> str:
+        return _display(self.path)
+
+    # ---- creation, opening, locking ----------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], space: SpaceConfig) -> ExperimentFolder:
+        """Make a new experiment folder for ``space``; refuse if one already exists."""
+        folder = cls(path)
+        if (folder.path / STATE_FILE).exists():
+            raise ExperimentError(
+                f"{folder.display} already holds an experiment: continue it with "
+                f"`{resume_command(folder.path)}`, or pick another --name"
+            )
+        folder.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder.path / SPACE_FILE, space.to_yaml())
+        folder._state = {
+            "name": folder.name,
+            "space": space.name,
+            "source": space.source,
+            "created": now_iso(),
+            "status": "created",
+            "check_names": space.check_names,
+            "sessions": [],
+            "trials": {},
+        }
+        folder._space = space
+        folder.save_state()
+        return folder
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> ExperimentFolder:
+        folder = cls(path)
+        if not (folder.path / STATE_FILE).is_file():
+            hint = ""
+            parent = folder.path.parent
+            if parent.is_dir():
+                names = sorted(p.name for p in parent.iterdir() if (p / STATE_FILE).is_file())
+                if names:
+                    from pipeline.registry import unknown_name_message
+
+                    hint = ": " + unknown_name_message("experiment", folder.name, names)
+            raise ExperimentError(
+                f"{folder.display} is not an experiment folder (no {STATE_FILE}){hint}"
+            )
+        return folder
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[ExperimentFolder]:
+        """Hold the folder's lock; refuse if another driver holds it."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            owner = self._lock_owner()
+            raise ExperimentLocked(
+                f"{self.display} is in use by another driver{owner}; wait for it to finish "
+                "(`python -m search status " + self.display + "`) or stop it first"
+            ) from None
+        try:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
+            atomic_write_json(self.path / ".lock.owner", info)
+            yield self
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / ".lock.owner").unlink()
+            lock.release()
+
+    def is_locked(self) -> bool:
+        """True while a live driver holds the lock."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    def _lock_owner(self) -> str:
+        try:
+            info = json.loads((self.path / ".lock.owner").read_text())
+            return f" (pid {info['pid']} on {info['host']} since {info['since']})"
+        except (OSError, ValueError, KeyError):
+            return ""
+
+    # ---- state -----------------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            self._state = json.loads((self.path / STATE_FILE).read_text(encoding="utf-8"))
+        return self._state
+
+    def save_state(self) -> None:
+        atomic_write_json(self.path / STATE_FILE, self.state)
+
+    def space(self) -> SpaceConfig:
+        """The resolved space the experiment runs (validated when it was created)."""
+        if self._space is None:
+            d = yaml.safe_load((self.path / SPACE_FILE).read_text(encoding="utf-8"))
+            check = self.state.get("check_names", True)
+            self._space = SpaceConfig.from_dict(
+                d, source=str(self.path / SPACE_FILE), check_names=check, check_choices=False
+            )
+        return self._space
+
+    def save_space(self, space: SpaceConfig) -> None:
+        atomic_write_text(self.path / SPACE_FILE, space.to_yaml())
+        self.state["check_names"] = space.check_names
+        self._space = space
+        self.save_state()
+
+    @property
+    def status(self) -> str:
+        """created, running, finished, interrupted, failed, or crashed (running, no driver)."""
+        status = self.state.get("status", "created")
+        if status == "running" and not self.is_locked():
+            return "crashed"
+        return status
+
+    def set_status(self, status: str, **session_fields: Any) -> None:
+        """The experiment's status, also recorded on the current session."""
+        self.state["status"] = status
+        if self.state["sessions"]:
+            self.state["sessions"][-1].update(session_fields, status=status)
+        self.save_state()
+
+    def begin_session(self, *, address: str | None, command: str) -> int:
+        n = len(self.state["sessions"]) + 1
+        self.state["sessions"].append(
+            {
+                "session": n,
+                "started": now_iso(),
+                "ended": None,
+                "status": "running",
+                "ray_dir": f"ray/session-{n}",
+                "address": address,
+                "command": command,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            }
+        )
+        self.state["status"] = "running"
+        self.save_state()
+        return n
+
+    # ---- Ax state ----------------------------------------------------------------------
+    def save_ax(self, client: Client) -> None:
+        """Write the Ax client's JSON snapshot atomically (temporary file, fsync, rename)."""
+        tmp = self.path / f".{AX_FILE}.{os.getpid()}.tmp"
+        try:
+            client.save_to_json_file(str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.ax_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def load_ax(self) -> Client:
+        from ax import Client
+
+        return Client.load_from_json_file(str(self.ax_path))
+
+    # ---- trials ---------------------------------------------------------------------
+    @property
+    def trials(self) -> dict[int, dict[str, Any]]:
+        """Trial index -> record (a view on the state; keys are ints)."""
+        return {int(k): v for k, v in self.state["trials"].items()}
+
+    def _record(self, index: int) -> dict[str, Any]:
+        return self.state["trials"].setdefault(
+            str(index),
+            {
+                "trial": index,
+                "status": QUEUED,
+                "params": {},
+                "metrics": {},
+                "epochs": 0,
+                "attempts": 0,
+            },
+        )
+
+    def trials_queued(self, params: Mapping[int, Mapping[str, Any]], **fields: Any) -> None:
+        """New trials proposed (one write for a whole batch); ``fields`` go to each record."""
+        for index, p in params.items():
+            rec = self._record(index)
+            rec.update(
+                {k: v for k, v in fields.items() if v is not None}, params=dict(p), status=QUEUED
+            )
+        self.save_state()
+
+    def trial_queued(self, index: int, params: Mapping[str, Any]) -> None:
+        self.trials_queued({index: params})
+
+    def trial_started(self, index: int, *, ray_trial: str, session: int) -> None:
+        rec = self._record(index)
+        rec.update(
+            status=RUNNING,
+            ray_trial=ray_trial,
+            session=session,
+            started=now_iso(),
+            started_t=time.time(),
+            finished=None,
+            error=None,
+        )
+        rec["attempts"] = int(rec.get("attempts", 0)) + 1
+        self.save_state()
+        self.write_tables()
+
+    def trial_result(self, index: int, result: Mapping[str, Any]) -> None:
+        """One per-epoch report: appended to history.jsonl; the record keeps the latest."""
+        rec = self._record(index)
+        metrics = {k: v for k, v in result.items() if _finite(v) or isinstance(v, str)}
+        epoch = result.get("epoch")
+        if _finite(epoch):
+            rec["epochs"] = int(epoch)  # type: ignore[arg-type]
+        if result.get("node"):
+            rec["node"] = result["node"]
+        rec["last"] = {k: v for k, v in metrics.items() if _finite(v)}
+        line = json.dumps(
+            {"trial": index, "session": rec.get("session"), "time": time.time(), **metrics},
+            default=str,
+        )
+        with open(self.history_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        self.save_state()
+        self.write_tables()
+
+    def trial_finished(
+        self,
+        index: int,
+        status: str,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """A trial ended (``fields``: more facts for its record, such as timings)."""
+        rec = self._record(index)
+        rec.update({k: v for k, v in fields.items() if v is not None})
+        rec["status"] = status
+        if metrics:
+            rec["metrics"] = {k: v for k, v in metrics.items() if _finite(v)}
+            if _finite(metrics.get("epoch")):
+                rec["epochs"] = int(metrics["epoch"])
+        if error:
+            rec["error"] = error
+        rec["finished"] = now_iso()
+        if rec.get("started_t"):
+            rec["duration_s"] = round(time.time() - float(rec["started_t"]), 3)
+        self.save_state()
+        self.write_tables()
+
+    def trial_note(self, index: int, **fields: Any) -> None:
+        """Add facts to a trial record (node, checkpoint, error text, timings)."""
+        rec = self._record(index)
+        rec.update({k: v for k, v in fields.items() if v is not None})
+        self.save_state()
+
+    # ---- tables ---------------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per trial (the rows of trials.csv), by trial index."""
+        try:
+            space = self.space()
+            param_names = [p.name for p in space.parameters.searched]
+            objective = space.objective.metrics
+        except (OSError, ValueError):
+            param_names, objective = [], ()
+        rows = []
+        for index, rec in sorted(self.trials.items()):
+            row: dict[str, Any] = {"trial": index, "status": rec.get("status")}
+            for name in param_names:
+                row[name] = rec.get("params", {}).get(name)
+            for name, value in rec.get("params", {}).items():
+                row.setdefault(name, value)
+            metrics = rec.get("metrics") or {}
+            if not metrics and rec.get("status") in (EARLY_STOPPED, RUNNING, FAILED):
+                metrics = rec.get("last") or {}
+            for name in objective:
+                row[name] = metrics.get(name)
+            for name in sorted(metrics):
+                if name not in row and "/" in name:
+                    row[name] = metrics[name]
+            row.update(
+                {
+                    "epochs": rec.get("epochs", 0),
+                    "duration_s": rec.get("duration_s"),
+                    "node": rec.get("node"),
+                    "session": rec.get("session"),
+                    "attempts": rec.get("attempts", 0),
+                    "started": rec.get("started"),
+                    "ray_trial": rec.get("ray_trial"),
+                    "error": rec.get("error"),
+                }
+            )
+            rows.append(row)
+        return rows
+
+    def write_tables(self) -> None:
+        """Rewrite trials.csv and best.yaml from the state (atomically)."""
+        rows = self.rows()
+        columns: list[str] = []
+        for row in rows:
+            for key in row:
+                if key not in columns:
+                    columns.append(key)
+        tail = [
+            "epochs",
+            "duration_s",
+            "node",
+            "session",
+            "attempts",
+            "started",
+            "ray_trial",
+            "error",
+        ]
+        columns = [c for c in columns if c not in tail] + [c for c in tail if c in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(
+            buf, fieldnames=columns or ["trial", "status"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        atomic_write_text(self.trials_csv, buf.getvalue())
+        best = self.best()
+        if best is not None:
+            atomic_write_text(self.best_path, yaml.safe_dump(best, sort_keys=False))
+
+    def best(self) -> dict[str, Any] | None:
+        """The best completed trial that meets every outcome constraint (observed values)."""
+        try:
+            space = self.space()
+        except (OSError, ValueError):
+            return None
+        objective = space.objective
+        best_index, best_value = None, None
+        for index, rec in sorted(self.trials.items()):
+            if rec.get("status") != COMPLETED:
+                continue
+            metrics = rec.get("metrics") or {}
+            value = metrics.get(objective.metric)
+            if not _finite(value):
+                continue
+            if not all(c.satisfied(metrics.get(c.metric)) for c in objective.constraints):
+                continue
+            if best_value is None or objective.better(value, best_value):
+                best_index, best_value = index, value
+        if best_index is None:
+            return None
+        rec = self.trials[best_index]
+        config = {**space.trial_base(), **rec.get("params", {})}
+        return {
+            "experiment": self.name,
+            "trial": best_index,
+            "objective": {
+                "metric": objective.metric,
+                "direction": objective.direction,
+                "value": best_value,
+            },
+            "metrics": rec.get("metrics", {}),
+            "parameters": rec.get("params", {}),
+            "config": config,
+            "epochs": rec.get("epochs"),
+            "ray_trial": rec.get("ray_trial"),
+        }
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every per-epoch report (a torn last line from a killed driver is skipped)."""
+        if not self.history_path.is_file():
+            return []
+        out = []
+        for line in self.history_path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rec in self.trials.values():
+            out[rec.get("status", "?")] = out.get(rec.get("status", "?"), 0) + 1
+        return out

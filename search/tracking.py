@@ -1,0 +1,341 @@
+"""Weights & Biases: one run per trial, one summary run per search, one promote run.
+
+The mode comes from the space (``tracking.mode``) or ``--wandb``: ``auto`` is online
+when ``WANDB_API_KEY`` is set and offline otherwise; offline runs are written under the
+experiment folder (``results/<name>/wandb``) and can be uploaded later with
+``wandb sync results/<name>/wandb/offline-run-*``. ``disabled`` logs nothing.
+
+What leaves the machine: the trial's settings and its scalar metrics. Images are
+logged only when the space sets ``tracking.log_images: true``. Strings reported by a
+trial are not logged to W&B (they could carry file names).
+
+W&B 0.31 has no Python reader for its offline transaction logs (``run-<id>.wandb``), so
+:func:`read_offline_run` decodes them with W&B's own record schema
+(``wandb.proto.wandb_internal_pb2.Record``) from the LevelDB-style log they are written
+in; the tests use it to check that the metrics are really in the runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingSetup:
+    """Everything a worker process needs to open a W&B run (picklable)."""
+
+    mode: str = "disabled"  # online | offline | disabled (already resolved)
+    project: str = "radsearch"
+    entity: str | None = None
+    group: str = ""
+    root: str | None = None  # the experiment folder; W&B writes root/wandb/
+    log_images: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode in ("online", "offline")
+
+
+def _settings() -> Any:
+    import wandb
+
+    return wandb.Settings(
+        silent=True,
+        console="off",
+        x_disable_stats=True,
+        x_save_requirements=False,
+        disable_git=True,
+        disable_code=True,
+    )
+
+
+def _scalar(value: Any) -> float | int | bool | None:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and math.isfinite(value):
+        return value
+    return None
+
+
+def _loggable(metrics: Mapping[str, Any], log_images: bool) -> dict[str, Any]:
+    """Scalars always; 2-D/3-D arrays under ``images/`` only when images are allowed."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        scalar = _scalar(value)
+        if scalar is not None:
+            out[key] = scalar
+        elif (
+            log_images
+            and key.startswith("images/")
+            and isinstance(value, np.ndarray)
+            and value.ndim in (2, 3)
+        ):
+            import wandb
+
+            out[key] = wandb.Image(value)
+    return out
+
+
+def _public_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's settings without local paths (folder names can name people or places)."""
+    hidden = {"data_dir", "labels", "cache_dir", "checkpoint_dir"}
+    return {k: (v if k not in hidden or v is None else "<local path>") for k, v in config.items()}
+
+
+class TrialRun:
+    """A W&B run for one trial; a no-op when tracking is disabled."""
+
+    def __init__(
+        self,
+        setup: TrackingSetup,
+        *,
+        name: str,
+        config: Mapping[str, Any],
+        job_type: str = "trial",
+        tags: tuple[str, ...] = (),
+    ):
+        self.setup = setup
+        self._run: Any = None
+        if not setup.enabled:
+            return
+        import wandb
+
+        root = setup.root
+        if root is not None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            project=setup.project,
+            entity=setup.entity,
+            group=setup.group or None,
+            name=name,
+            job_type=job_type,
+            config=_public_config(config),
+            mode=setup.mode,
+            dir=root,
+            tags=list(tags),
+            reinit="create_new",
+            settings=_settings(),
+        )
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self._run is None:
+            return
+        data = _loggable(metrics, self.setup.log_images)
+        if data:
+            self._run.log(data, step=step)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if self._run is None:
+            return
+        for key, value in values.items():
+            scalar = _scalar(value)
+            if scalar is not None:
+                self._run.summary[key] = scalar
+            elif isinstance(value, str | dict | list):
+                self._run.summary[key] = value
+
+    def log_object(self, key: str, obj: Any) -> None:
+        """Log a W&B object (a Table, Html, ...) built by the caller."""
+        if self._run is not None:
+            self._run.log({key: obj})
+
+    def finish(self, *, failed: bool = False) -> None:
+        if self._run is None:
+            return
+        with contextlib.suppress(
+            Exception
+        ):  # tracking must never turn a finished trial into a failure
+            self._run.finish(exit_code=1 if failed else 0)
+        self._run = None
+
+
+def log_summary_run(
+    setup: TrackingSetup,
+    *,
+    name: str,
+    rows: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    space: Mapping[str, Any],
+    report_html: Path | None = None,
+) -> None:
+    """One run for the whole search: the trial table, the best configuration, the report."""
+    if not setup.enabled:
+        return
+    import wandb
+
+    run = TrialRun(
+        setup, name=f"{name}-summary", config={"space": space}, job_type="search-summary"
+    )
+    if rows:
+        columns = sorted(
+            {k for r in rows for k in r},
+            key=lambda k: list(rows[0]).index(k) if k in rows[0] else 999,
+        )
+        table = wandb.Table(
+            columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows]
+        )
+        run.log_object("trials", table)
+    if best is not None:
+        run.summary(
+            {
+                "best/trial": best["trial"],
+                "best/value": best["objective"]["value"],
+                "best/metric": best["objective"]["metric"],
+                "best/config": json.loads(json.dumps(_public_config(best["config"]), default=str)),
+            }
+        )
+    if report_html is not None and report_html.is_file():
+        run.log_object("report", wandb.Html(report_html.read_text(encoding="utf-8")))
+    run.finish()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, int | float | bool | str):
+        return value
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading offline runs back (W&B's transaction log, decoded with W&B's record schema)
+# ------------------------------------------------------------------------------------------
+_BLOCK = 32 * 1024
+_HEADER = 7  # ":W&B" + 2-byte magic + 1-byte version
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+@dataclass
+class OfflineRun:
+    """What an offline run holds: identity, config, every logged row, summary, exit code."""
+
+    path: Path
+    run_id: str = ""
+    name: str = ""
+    group: str = ""
+    project: str = ""
+    job_type: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
+
+    def metric(self, key: str) -> list[Any]:
+        """The logged values of one metric, in step order."""
+        return [row[key] for row in self.history if key in row]
+
+
+def _records(data: bytes) -> list[bytes]:
+    """Split a W&B transaction log into record payloads (LevelDB log format)."""
+    if data[:4] != b":W&B":
+        raise ValueError("not a W&B transaction log (missing ':W&B' header)")
+    out: list[bytes] = []
+    pos, pending = _HEADER, b""
+    while pos + 7 <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        payload = data[pos + 7 : pos + 7 + length]
+        if len(payload) < length:  # a torn last record of a killed writer
+            break
+        pos += 7 + length
+        if kind == _FULL:
+            out.append(payload)
+        elif kind == _FIRST:
+            pending = payload
+        elif kind == _MIDDLE:
+            pending += payload
+        elif kind == _LAST:
+            out.append(pending + payload)
+            pending = b""
+    return out
+
+
+def _item_key(item: Any) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def read_offline_run(path: str | os.PathLike[str]) -> OfflineRun:
+    """Read a run folder (``offline-run-*``) or its ``run-<id>.wandb`` file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = Path(path)
+    log_file = (
+        path if path.suffix == ".wandb" else next(iter(sorted(path.glob("run-*.wandb"))), None)
+    )
+    if log_file is None:
+        raise FileNotFoundError(f"{path}: no run-*.wandb transaction log")
+    run = OfflineRun(path=path if path.is_dir() else path.parent)
+    for raw in _records(log_file.read_bytes()):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            run.run_id, run.name, run.group, run.project, run.job_type = (
+                r.run_id,
+                r.display_name,
+                r.run_group,
+                r.project,
+                r.job_type,
+            )
+            for item in r.config.update:
+                run.config[_item_key(item)] = _json(item.value_json)
+        elif kind == "config":
+            for item in rec.config.update:
+                run.config[_item_key(item)] = _json(item.value_json)
+        elif kind == "history":
+            run.history.append({_item_key(i): _json(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            for item in rec.summary.update:
+                key = _item_key(item)
+                if key:
+                    run.summary[key] = _json(item.value_json)
+        elif kind == "exit":
+            run.exit_code = rec.exit.exit_code
+    # config values are stored as {"value": ...}
+    run.config = {
+        k: (v.get("value") if isinstance(v, dict) and "value" in v else v)
+        for k, v in run.config.items()
+        if not k.startswith("_")
+    }
+    return run
+
+
+def offline_runs(root: str | os.PathLike[str]) -> list[OfflineRun]:
+    """Every offline run under ``root`` (an experiment folder or its ``wandb`` folder)."""
+    root = Path(root)
+    base = root / "wandb" if (root / "wandb").is_dir() and root.name != "wandb" else root
+    runs = []
+    for folder in sorted(base.rglob("offline-run-*")):
+        if folder.is_dir() and not folder.is_symlink() and any(folder.glob("run-*.wandb")):
+            runs.append(read_offline_run(folder))
+    return runs

@@ -1,0 +1,233 @@
+"""Acquisition strategies, rank-unlabeled and the active-learning simulation."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from explain_models import tiny_model
+
+from pipeline.active import (
+    ACQUISITIONS,
+    Pool,
+    RoundResult,
+    acquire,
+    gradient_embeddings,
+    k_center_greedy,
+    labels_to_reach,
+    learning_curves,
+    predictive_entropy,
+)
+from pipeline.registry import UnknownNameError
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def pool_of(n: int = 30, classes: int = 2, dim: int = 4, seed: int = 1) -> Pool:
+    g = np.random.default_rng(seed)
+    logits = g.normal(size=(n, classes)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return Pool(
+        probs=probs,
+        embeddings=g.normal(size=(n, dim)),
+        labeled_embeddings=g.normal(size=(5, dim)),
+    )
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+@pytest.mark.parametrize("name", ACQUISITIONS.names())
+def test_every_strategy_picks_distinct_pool_items(name):
+    pool = pool_of()
+    chosen = acquire(name, pool, 12, rng())
+    assert len(chosen.indices) == 12 == len(set(chosen.indices.tolist()))
+    assert chosen.indices.min() >= 0 and chosen.indices.max() < len(pool)
+    assert len(chosen.scores) == 12 and np.isfinite(chosen.scores).all()
+    everything = acquire(name, pool, 100, rng())  # k beyond the pool: all of it, once
+    assert sorted(everything.indices.tolist()) == list(range(len(pool)))
+    again = acquire(name, pool, 12, rng())  # same generator seed, same choice
+    assert again.indices.tolist() == chosen.indices.tolist()
+
+
+def test_entropy_and_margin_pick_the_most_uncertain():
+    probs = np.array([[0.99, 0.01], [0.5, 0.5], [0.8, 0.2], [0.6, 0.4], [0.95, 0.05]])
+    assert acquire("entropy", Pool(probs=probs), 2, rng()).indices.tolist() == [1, 3]
+    three = np.array([[0.4, 0.35, 0.25], [0.7, 0.2, 0.1], [0.34, 0.33, 0.33], [0.5, 0.1, 0.4]])
+    # margins: 0.05, 0.5, 0.01, 0.1; entropy ranks the flat row [2] first as well
+    assert acquire("margin", Pool(probs=three), 3, rng()).indices.tolist() == [2, 0, 3]
+    assert predictive_entropy(three).argmax() == 2
+    assert predictive_entropy(np.array([[0.5, 0.5]]))[0] == pytest.approx(np.log(2))
+
+
+def test_coreset_picks_far_points():
+    near = np.random.default_rng(0).normal(scale=0.1, size=(20, 2))  # around the labeled point
+    far = np.array([[10.0, 10.0], [-10.0, 10.0]])
+    emb = np.concatenate([near, far])
+    pool = Pool(probs=np.full((22, 2), 0.5), embeddings=emb, labeled_embeddings=np.zeros((1, 2)))
+    chosen = acquire("coreset", pool, 2, rng())
+    assert sorted(chosen.indices.tolist()) == [20, 21]
+    assert chosen.scores[0] == pytest.approx(np.sqrt(200.0))
+    # the second far point is chosen for its distance to the first, not to the labeled set
+    both_same = np.concatenate([near, [[10.0, 10.0], [10.0, 10.1]]])
+    picks = k_center_greedy(both_same, np.zeros((1, 2)), 2, rng()).indices.tolist()
+    assert picks[0] in (20, 21) and picks[1] < 20
+
+
+def test_badge_prefers_uncertain_and_diverse_points():
+    confident = np.tile([[0.999, 0.001]], (10, 1))
+    uncertain = np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    probs = np.concatenate([confident, uncertain])
+    # the uncertain points: two in one direction (duplicates), two in others
+    feats = np.concatenate([np.ones((10, 3)), [[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]]])
+    g = gradient_embeddings(probs, feats)
+    assert g.shape == (14, 6)
+    assert np.linalg.norm(g[:10], axis=1).max() < 0.01 < np.linalg.norm(g[10:], axis=1).min()
+    uncertain_picked = {"badge": [], "random": []}
+    for seed in range(100):
+        for name in uncertain_picked:
+            picks = acquire(name, Pool(probs=probs, embeddings=feats), 3, rng(seed)).indices
+            uncertain_picked[name].append(int((picks >= 10).sum()))
+            if name == "badge":
+                assert picks[0] >= 10  # the largest gradient first
+                assert not {10, 11} <= set(picks.tolist())  # never both duplicates
+    # random: 3 * 4/14 = 0.86 uncertain points per batch on average
+    assert np.mean(uncertain_picked["badge"]) > np.mean(uncertain_picked["random"]) + 0.4
+
+
+def test_strategy_errors_say_what_is_missing():
+    with pytest.raises(UnknownNameError, match="did you mean 'entropy'"):
+        acquire("entropie", Pool(probs=np.ones((3, 2)) / 2), 1, rng())
+    with pytest.raises(ValueError, match="embeddings"):
+        acquire("coreset", Pool(probs=np.ones((3, 2)) / 2), 1, rng())
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def _row(strategy, seed, rnd, labels, auroc):
+    return RoundResult(
+        strategy=strategy, seed=seed, round=rnd, labels=labels, positives=0,
+        val_auroc=auroc, test_auroc=auroc, seconds=0.0,
+    )  # fmt: skip
+
+
+def test_learning_curves_average_seeds_and_labels_to_reach_interpolates():
+    rows = [
+        _row("random", 0, 0, 10, 0.6), _row("random", 1, 0, 10, 0.8),
+        _row("random", 0, 1, 20, 0.8), _row("random", 1, 1, 20, 0.9),
+    ]  # fmt: skip
+    curves = learning_curves(rows)
+    assert curves["random"] == [(10.0, pytest.approx(0.7)), (20.0, pytest.approx(0.85))]
+    assert labels_to_reach([(10, 0.6), (20, 0.8)], 0.7) == pytest.approx(15.0)
+    assert labels_to_reach([(10, 0.9), (20, 0.8)], 0.7) == 10.0
+    assert labels_to_reach([(10, 0.6), (20, 0.65)], 0.7) is None
+
+
+# ----------------------------------------------------------------------------- rank-unlabeled
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, phantom_dir):
+    return tiny_model(tmp_path_factory.getbasetemp() / "explain-models", phantom_dir, "binary")
+
+
+def _run(argv):
+    from pipeline.__main__ import main
+
+    return main(argv)
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "badge"])
+def test_rank_unlabeled_returns_distinct_unlabeled_images(model_dir, tmp_path, strategy):
+    from pipeline.deid import pseudonym, resolve_salt
+    from pipeline.explain import model_data
+
+    out = tmp_path / "rank"
+    code = _run(
+        ["rank-unlabeled", str(model_dir), "--k", "5", "--strategy", strategy,
+         "--out", str(out), "--threads", "1"]
+    )  # fmt: skip
+    assert code == 0
+    text = (out / "to_label.csv").read_text()
+    rows = list(csv.DictReader(text.splitlines()))
+    assert len(rows) == 5 and [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert len({(r["image_key"], r["laterality"]) for r in rows}) == 5
+    md = model_data(model_dir, threads=1)
+    salt = resolve_salt()
+    unlabeled = {
+        (pseudonym("image", i.file, salt), i.laterality or "") for i in md.prepared.unlabeled.items
+    }
+    labeled = {
+        pseudonym("image", i.file, salt) for s in (md.prepared.train, md.prepared.val)
+        for i in s.items
+    }  # fmt: skip
+    assert {(r["image_key"], r["laterality"]) for r in rows} <= unlabeled
+    assert not {r["image_key"] for r in rows} & labeled
+    assert "file" not in rows[0] and "dicom/" not in text and ".dcm" not in text
+    assert all(r["patient_key"].startswith("P-") for r in rows)
+    assert all(r["predicted"] in ("no_fracture", "fracture") for r in rows)
+    assert (out / "contact_sheet.png").stat().st_size > 1000
+
+
+def test_rank_unlabeled_shows_paths_only_when_asked(model_dir, tmp_path, capsys):
+    out = tmp_path / "rank"
+    argv = ["rank-unlabeled", str(model_dir), "--k", "3", "--out", str(out), "--show-paths"]
+    assert _run(argv) == 0
+    rows = list(csv.DictReader((out / "to_label.csv").open()))
+    assert all(r["file"].startswith("dicom/") for r in rows)
+    assert _run(["rank-unlabeled", str(model_dir), "--k", "3", "--strategy", "entropie"]) == 2
+    assert "did you mean 'entropy'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- simulation
+
+
+def test_simulation_records_each_round_for_each_strategy(tmp_path):
+    from pipeline.active.simulate import SimulationConfig, simulate
+    from pipeline.synth import generate
+
+    data = tmp_path / "labeled"
+    generate(data, n=48, seed=3, size=128, labeled_fraction=1.0)
+    config = SimulationConfig(
+        strategies=("random", "coreset"),
+        initial=4,
+        batch=3,
+        rounds=2,
+        trial={
+            "data_dir": str(data),
+            "cache_dir": str(tmp_path / "cache"),
+            "backbone": "test_resnet",
+            "image_size": 32,
+            "localize": False,
+            "epochs": 1,
+            "steps_per_epoch": 1,
+            "batch_size": 8,
+            "threads": 1,
+            "pretrained": "none",
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
+    )
+    seen = []
+    rows = simulate(config, progress=seen.append)
+    assert rows == seen
+    assert [(r.strategy, r.round, r.labels) for r in rows] == [
+        (s, k, 4 + 3 * k) for s in ("random", "coreset") for k in range(3)
+    ]
+    first = [r for r in rows if r.round == 0]
+    assert (first[0].val_auroc, first[0].seconds) == (first[1].val_auroc, first[1].seconds)
+    assert all(0.0 <= r.test_auroc <= 1.0 or np.isnan(r.test_auroc) for r in rows)
+    assert all(r.positives >= 1 for r in rows)
+
+
+def test_simulation_config_names_the_bad_setting():
+    from pipeline.active import SimulationConfig, SimulationError
+
+    with pytest.raises(SimulationError, match="did you mean 'badge'"):
+        SimulationConfig(strategies=("badg",))
+    with pytest.raises(SimulationError, match="batch"):
+        SimulationConfig(batch=0)
