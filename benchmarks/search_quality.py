@@ -143,17 +143,22 @@ def compare(
     root: Path,
     echo: Callable[[str], None] = print,
     save: Path | None = None,
+    done: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Run every (algorithm, concurrency, seed) through the platform; one record each.
 
     ``spaces(algorithm, concurrency, seed)`` builds the space; this is the hook for the
-    real-pipeline comparison (``pipeline.run_trial`` on the phantom).
+    real-pipeline comparison (``pipeline.run_trial`` on the phantom). ``done``: records
+    of an interrupted earlier run (``--resume``), kept and not run again.
     """
-    records = []
+    records = list(done)
+    have = {(r["algorithm"], r["concurrency"], r["seed"]) for r in records}
     for concurrency in concurrencies:
         for algorithm in algorithms:
             for seed in seeds:
                 if algorithm == "botorch-direct" and concurrency != 1:
+                    continue
+                if (algorithm, concurrency, seed) in have:
                     continue
                 space = spaces(algorithm.removesuffix("-direct"), concurrency, seed)
                 t0 = time.time()
@@ -241,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the experiment folders here")
     parser.add_argument("--json", type=Path, help="write the raw records as JSON (after every run)")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the records already in --json (same settings) and run only the missing ones",
+    )
+    parser.add_argument(
         "--table-from",
         type=Path,
         metavar="JSON",
@@ -252,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         trials = max(r["n"] for r in records)
         print(hartmann_table(records, sorted({min(20, trials), trials})))
         return 0
+
+    done: list[dict[str, Any]] = []
+    if args.resume and args.json and args.json.exists():
+        done = [r for r in json.loads(args.json.read_text()) if r.get("n") == args.trials]
+        print(f"resuming: {len(done)} runs kept from {args.json}")
 
     import ray
 
@@ -288,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 concurrencies=args.concurrency[:1],
                 root=root,
                 save=args.json,
+                done=done,
             )
             table = pipeline_table(records, args.trials)
         else:
@@ -305,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 concurrencies=args.concurrency,
                 root=root,
                 save=args.json,
+                done=done,
             )
             checkpoints = sorted({min(20, args.trials), args.trials})
             table = hartmann_table(records, checkpoints)

@@ -9,8 +9,7 @@ Names load on first use, so ``import pipeline`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "run_trial": "pipeline.trial",
@@ -56,14 +55,4 @@ def list_parts(kind: str) -> list[tuple[str, str]]:
     return train_parts(kind)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

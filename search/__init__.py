@@ -11,8 +11,9 @@ Names are imported on first use, so ``python -m search validate`` stays quick.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline._lazy import lazy_exports
 
 __all__ = [
     "AxSearcher",
@@ -49,12 +50,4 @@ if TYPE_CHECKING:
     from search.searcher import AxSearcher
     from search.space import SpaceConfig, SpaceError, load_space
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'search' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

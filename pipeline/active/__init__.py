@@ -13,8 +13,9 @@ Strategies (``ACQUISITIONS``): ``random``, ``entropy``, ``margin``, ``coreset``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "ACQUISITIONS": "pipeline.active.strategies",
@@ -59,19 +60,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline.active' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
 if TYPE_CHECKING:
     from pipeline.active.cli import rank_unlabeled, write_ranking
     from pipeline.active.simulate import (
@@ -94,3 +82,5 @@ if TYPE_CHECKING:
         predictive_entropy,
         register_acquisition,
     )
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,8 +13,9 @@ Methods are registered in ``EXPLAINERS`` (``gradcam``, ``lrp``).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "EXPLAINERS": "pipeline.explain.cams",
@@ -75,19 +76,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline.explain' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
 if TYPE_CHECKING:
     from pipeline.explain.cams import (
         EXPLAINERS,
@@ -113,3 +101,5 @@ if TYPE_CHECKING:
         region_mask,
         score_heatmap,
     )
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

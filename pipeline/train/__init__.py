@@ -18,8 +18,9 @@ load when the code that needs them runs).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "TrainData": "pipeline.train.batches",
@@ -122,19 +123,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
 if TYPE_CHECKING:
     from pipeline.train.batches import TrainData
     from pipeline.train.cache import cached_stage
@@ -166,3 +154,5 @@ if TYPE_CHECKING:
     from pipeline.train.ssl import SSL_METHODS, list_ssl_methods, pretrain_ssl
     from pipeline.train.stages import Pretrained, pretrain
     from pipeline.train.tasks import TASKS, Task, get_task, list_tasks
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
