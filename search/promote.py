@@ -138,6 +138,8 @@ def promote(
             import wandb
 
             run.log_object("final/report", wandb.Html(report_html.read_text(encoding="utf-8")))
+        if run.active:
+            _log_pictures(run, out, log_images=setup.log_images)
         run.finish()
         record = {
             "experiment": folder.name,
@@ -152,6 +154,21 @@ def promote(
         }
         atomic_write_text(out / "promote.yaml", yaml.safe_dump(record, sort_keys=False))
     return metrics
+
+
+PLOTS = ("roc.png", "pr.png", "confusion.png", "calibration.png")  # curves: no patient images
+
+
+def _log_pictures(run: Any, out: Path, *, log_images: bool) -> None:
+    """The report's plots to W&B; the heat-map gallery (patient images) only when the
+    space allows images (``tracking.log_images``)."""
+    import wandb
+
+    for name in PLOTS:
+        if (out / name).is_file():
+            run.log_object(f"final/{Path(name).stem}", wandb.Image(str(out / name)))
+    if log_images and (out / "gallery.png").is_file():
+        run.log_object("final/gallery", wandb.Image(str(out / "gallery.png")))
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:

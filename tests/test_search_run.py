@@ -11,6 +11,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -189,6 +190,10 @@ def test_promote_with_a_stand_in_for_run_final(finished, monkeypatch):
         for epoch in (1, 2):
             report({"epoch": epoch, "train/loss": 1.0 / epoch})
         (out_dir / "model.pt").write_bytes(b"weights")
+        import matplotlib.pyplot as plt
+
+        for name in ("roc.png", "gallery.png"):  # a curve, and the heat maps of patient images
+            plt.imsave(out_dir / name, np.zeros((8, 8)))
         return {"test/auroc": 0.93, "test/auroc_ci_low": 0.9}
 
     from search.promote import promote
@@ -209,6 +214,11 @@ def test_promote_with_a_stand_in_for_run_final(finished, monkeypatch):
     promoted = [r for r in offline_runs(finished.path) if r.job_type == "promote"]
     assert len(promoted) == 1 and promoted[0].summary["test/auroc"] == 0.93
     assert promoted[0].metric("train/loss") == [1.0, 0.5]
+    logged = {k.split("/_")[0].rsplit("/", 1)[0] for row in promoted[0].history for k in row}
+    assert "final/roc" in logged, "plots go to W&B"  # logged as final/roc/_type, .../format, ...
+    assert not any(k.startswith("final/gallery") for k in logged), (
+        "patient images only when the space allows them"
+    )
 
 
 def test_a_second_run_of_the_same_name_refuses(finished, capsys):

@@ -33,7 +33,7 @@ from pipeline.preprocess.steps import STEPS
 from pipeline.registry import UnknownNameError, unknown_name_message
 
 #: Bumped whenever a step's output changes for the same parameters (invalidates caches).
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3  # 3: two-stage area resizes of images of 1 megapixel or more
 
 #: Trial configuration keys that map to preprocessing, with their defaults.
 TRIAL_DEFAULTS: dict[str, Any] = {

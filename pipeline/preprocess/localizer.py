@@ -54,6 +54,8 @@ import cv2
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from pipeline.preprocess.steps import area_resize
+
 WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "knee_hog_svm.npz"
 FORMAT_VERSION = 3
 #: DICOM ViewPosition values of a lateral view (its own detector when the weights have one).
@@ -174,7 +176,9 @@ def clip_box(box: Sequence[float], shape: tuple[int, int]) -> tuple[float, float
 def _resize(image: np.ndarray, f: float) -> np.ndarray:
     h, w = image.shape
     size = (max(1, round(w * f)), max(1, round(h * f)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    if f < 1:
+        return area_resize(image, size)  # two stages on a large image
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
 # --------------------------------------------------------------------------- detector
