@@ -34,6 +34,7 @@ series description has the patient's name and ID masked.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -79,6 +80,7 @@ from pipeline.io import atomic_write_text
 
 __all__ = [
     "DECODER_PREFERENCE",
+    "MAX_PIXELS",
     "META_KEYS",
     "CorruptDicomError",
     "DecodeError",
@@ -268,7 +270,11 @@ def decode_pixels(ds: Dataset, path: str | os.PathLike[str]) -> tuple[np.ndarray
         try:
             arr, _ = decoder.as_array(ds, decoding_plugin=plugin, **options)
             return arr, plugin
-        except Exception as e:  # a plugin's failure: try the next one
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as e:  # a plugin's failure: try the next one
+            # BaseException: a panic in a Rust decoder (pyo3's PanicException) is not an
+            # Exception, and must not escape as anything but this file's DecodeError.
             failures.append(f"{plugin or 'numpy'}: {_short(e)}")
     raise DecodeError(
         path,
@@ -316,7 +322,7 @@ def _check_native_length(ds: Dataset, ts: UID, path: Path) -> None:
     expected = math.ceil(rows * cols * frames * samples * bits / 8)
     if ds.get("PhotometricInterpretation", "") == "YBR_FULL_422":
         expected = expected // 3 * 2
-    actual = len(ds.PixelData)
+    actual = len(ds.PixelData or b"")
     if actual < expected:
         raise CorruptDicomError(
             path,
@@ -572,31 +578,57 @@ def _lut(chain: GreyLevelChain, dtype: str, mask_unused_bits: bool) -> np.ndarra
     return table
 
 
+#: Pixels per block of the blocked array passes below: the block's float32 output
+#: (1 MiB) and numpy's index buffer stay in cache between the passes over it.
+_BLOCK_PIXELS = 1 << 18
+
+
+def _row_blocks(shape: tuple[int, ...]) -> Iterator[slice]:
+    """Slices of whole rows of about :data:`_BLOCK_PIXELS` pixels covering a 2-D ``shape``."""
+    step = max(1, _BLOCK_PIXELS // max(1, shape[1]))
+    for start in range(0, shape[0], step):
+        yield slice(start, start + step)
+
+
 def _apply_affine(raw: np.ndarray, x0: int, a: float, b: float, x_max: float) -> np.ndarray:
-    """``clip((raw - x0) * a + b, 0, 1)`` in float32, to about 1e-7 of the float64 value."""
+    """``clip((raw - x0) * a + b, 0, 1)`` in float32, to about 1e-7 of the float64 value.
+
+    OpenCV's ``x * a + g`` is one (threaded) pass, then one clip pass: measured no
+    slower than mapping and clipping block by block. Otherwise four numpy passes
+    per block of rows, each block in cache.
+    """
     g = b - x0 * a
+    lo, hi = np.float32(0.0), np.float32(1.0)
     if raw.ndim == 2 and max(abs(a) * x_max, abs(g)) <= 4.0:
-        # OpenCV's x * a + g is one (threaded) pass but rounds in float32: only used
-        # where every term stays below 4, so the error stays below 5e-7.
+        # OpenCV rounds in float32: only used where every term stays below 4, so the
+        # error stays below 5e-7.
         out = cv2.addWeighted(raw, a, raw, 0.0, g, dtype=cv2.CV_32F)
-    else:
-        out = np.empty(raw.shape, dtype=np.float32)
-        np.copyto(out, raw, casting="unsafe")  # (a mixed-type subtract is 3x slower)
-        out -= np.float32(x0)  # exact: integers below 2^24
-        out *= np.float32(a)
-        out += np.float32(b)
-    return np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
+        return np.clip(out, lo, hi, out=out)
+    out = np.empty(raw.shape, dtype=np.float32)
+    blocks = _row_blocks(raw.shape) if raw.ndim == 2 else [slice(None)]
+    for rows in blocks:
+        src, dst = raw[rows], out[rows]
+        np.copyto(dst, src, casting="unsafe")  # (a mixed-type subtract is 3x slower)
+        dst -= np.float32(x0)  # exact: integers below 2^24
+        dst *= np.float32(a)
+        dst += np.float32(b)
+        np.clip(dst, lo, hi, out=dst)
+    return out
 
 
 def _take_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``table[index]`` in blocks of rows: keeps numpy's intp index buffer in cache (1.5x faster)."""
+    """``table[index]`` for unsigned ``index`` covering every bit pattern of its dtype.
+
+    In blocks of rows, so numpy's intp copy of the index stays in cache, and with
+    ``mode="wrap"``: no index can be out of range (the table has an entry for every
+    pattern), and skipping the bounds check makes the gather 1.7x faster.
+    """
     out = np.empty(index.shape, dtype=np.float32)
     if index.ndim != 2:
-        np.take(table, index, out=out)
+        np.take(table, index, out=out, mode="wrap")
         return out
-    step = max(1, (1 << 16) // max(1, index.shape[1]))
-    for start in range(0, index.shape[0], step):
-        np.take(table, index[start : start + step], out=out[start : start + step])
+    for rows in _row_blocks(index.shape):
+        np.take(table, index[rows], out=out[rows], mode="wrap")
     return out
 
 
@@ -707,35 +739,103 @@ META_KEYS: tuple[str, ...] = (
 
 _PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
 
+#: Largest image decoded (rows x columns): 64 megapixels, twice a 43 x 43 cm detector at
+#: 0.1 mm. Headers claiming more are refused before a decoder allocates the output
+#: (65535 x 65535 x 2 bytes would be 8 GiB).
+MAX_PIXELS = 64 * 2**20
+
+
+class _BoundedReader(io.BufferedReader):
+    """A file whose reads never ask for more bytes than are left in it.
+
+    A corrupt or hostile length field (up to 4 GiB) would otherwise make ``read(n)``
+    allocate a buffer of ``n`` bytes before finding the file is shorter: non-DICOM
+    files parsed with ``force=True`` cost gigabytes that way. ``short_read`` records
+    that a read asked for more than was there: the file is truncated (or a length
+    field is corrupt).
+    """
+
+    def __init__(self, path: Path) -> None:
+        raw = io.FileIO(path, "rb")
+        super().__init__(raw)
+        self.size = os.fstat(raw.fileno()).st_size
+        self.short_read = 0  # bytes asked for beyond the end of the file, at the first short read
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is not None and size >= 0:
+            left = max(0, self.size - self.tell())
+            if size > left:
+                if left > 0 and not self.short_read:
+                    self.short_read = size - left
+                size = left
+        return super().read(size)
+
+
+def _parse(
+    path: Path, *, stop_before_pixels: bool, defer_size: int | None, force: bool
+) -> tuple[Dataset, int]:
+    """``pydicom.dcmread`` through a :class:`_BoundedReader`; returns (data set, short_read)."""
+    with _BoundedReader(path) as fp:
+        ds = pydicom.dcmread(
+            fp, stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=force
+        )
+        if defer_size is None:
+            return ds, fp.short_read
+        # Deferred values are read again later by file name; keep the name, not this handle.
+        ds.filename = str(path)
+        ds.buffer = None
+        ds.fileobj_type = open
+        return ds, fp.short_read
+
 
 def read_dataset(
     path: str | os.PathLike[str], *, stop_before_pixels: bool = False, defer_size: int | None = None
 ) -> Dataset:
     """Parse a DICOM file (with or without the 128-byte preamble) or raise a :class:`DicomError`.
 
-    ``stop_before_pixels`` and ``defer_size`` are passed to ``pydicom.dcmread``.
+    ``stop_before_pixels`` and ``defer_size`` are passed to ``pydicom.dcmread``. A
+    file that ends inside an element it declares (truncated, or a corrupt length) is a
+    :class:`CorruptDicomError`; no read allocates more than the file holds.
     """
     path = Path(path)
     if not path.is_file():
         reason = "is a folder, not a file" if path.is_dir() else "no such file"
+        if path.is_symlink() and not path.exists():
+            reason = "a symbolic link to nothing (dangling, or a loop)"
         raise UnreadableFileError(path, reason)
+    options = {"stop_before_pixels": stop_before_pixels, "defer_size": defer_size}
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
+        ds, short = _parse(path, force=False, **options)
     except InvalidDicomError:
         pass  # no DICM preamble: maybe a bare data set, tried below
     except OSError as e:
         raise UnreadableFileError(path, f"cannot read: {e.strerror or e}") from e
-    except Exception as e:
+    except (Exception, RecursionError) as e:
         raise CorruptDicomError(path, f"cannot parse the DICOM header: {_short(e)}") from e
+    else:
+        _check_parsed(ds, short, path)
+        return ds
     try:
-        ds = pydicom.dcmread(
-            path, stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=True
-        )
-        if _looks_like_dataset(ds):
-            return ds
+        ds, short = _parse(path, force=True, **options)
+        found = _looks_like_dataset(ds)
     except Exception:
-        pass  # anything that fails to parse without a preamble is not DICOM
-    raise NotDicomError(path, "not a DICOM file (no DICM marker and no recognisable data set)")
+        found = False  # anything that fails to parse without a preamble is not DICOM
+    if not found:
+        raise NotDicomError(path, "not a DICOM file (no DICM marker and no recognisable data set)")
+    _check_parsed(ds, short, path)
+    return ds
+
+
+def _check_parsed(ds: Dataset, short: int, path: Path) -> None:
+    if short:
+        raise CorruptDicomError(
+            path,
+            f"truncated: the file ends {short} bytes before the end of a value it declares "
+            "(a cut-off copy or a corrupt length field); copy the file again",
+        )
+    meta = getattr(ds, "file_meta", None)
+    if len(ds) == 0 and (meta is None or "TransferSyntaxUID" not in meta):
+        raise CorruptDicomError(path, "no data elements after the DICM marker; copy the file again")
 
 
 def _looks_like_dataset(ds: Dataset) -> bool:
@@ -755,11 +855,16 @@ def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = 
     """
     path = Path(path)
     ds = read_dataset(path)
-    _check_image(ds, path)
+    with _header_values(path):
+        _check_image(ds, path)
     try:
         chain = GreyLevelChain.from_dataset(ds)
-    except (ValueError, TypeError, AttributeError, KeyError) as e:
+    except (DicomError, RecursionError):
+        raise
+    except Exception as e:  # ValueError, TypeError, ... and pydicom's own conversions
         raise CorruptDicomError(path, f"invalid grey-level attributes: {_short(e)}") from e
+    with _header_values(path):
+        _check_codestream(ds, path)
     raw, _plugin = decode_pixels(ds, path)
     rows, cols = int(ds.Rows), int(ds.Columns)
     if raw.shape != (rows, cols):
@@ -775,7 +880,95 @@ def read_meta(path: str | os.PathLike[str], *, salt: str | bytes | None = None) 
     """The de-identified ``meta`` dict of a file, from its header only (no pixel decoding)."""
     path = Path(path)
     ds = read_dataset(path, stop_before_pixels=True)
-    return _meta(ds, path, resolve_salt(salt))
+    with _header_values(path):
+        return _meta(ds, path, resolve_salt(salt))
+
+
+@contextlib.contextmanager
+def _header_values(path: Path) -> Iterator[None]:
+    """pydicom converts raw values when first read: a corrupt one (an unknown VR, bytes
+    that are no number) fails there, as any exception; it becomes this file's error."""
+    try:
+        yield
+    except DicomError:
+        raise
+    except Exception as e:
+        raise CorruptDicomError(path, f"invalid header value: {_short(e)}") from e
+
+
+# JPEG start-of-frame markers (ITU T.81 B.1.1.3) and JPEG-LS's SOF55 (0xF7)
+_SOF_MARKERS = frozenset(
+    {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}
+)
+_JPEG_FAMILY = frozenset(
+    {
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+    }
+)
+
+
+def jpeg_frame_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """(precision, rows, columns, components) from a JPEG/JPEG-LS start of frame, or None."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            body = data[pos + 4 : pos + 2 + length]
+            if len(body) < 6:
+                return None
+            return (
+                body[0],
+                int.from_bytes(body[1:3], "big"),
+                int.from_bytes(body[3:5], "big"),
+                body[5],
+            )
+        if marker == 0xDA or length < 2:  # scan data before a frame header: give up
+            return None
+        pos += 2 + length
+    return None
+
+
+def _check_codestream(ds: Dataset, path: Path) -> None:
+    """Refuse a JPEG-family frame whose header contradicts the data set before a decoder
+    sees it: GDCM reads such frames past its buffer and kills the process."""
+    ts = _transfer_syntax(ds, path)
+    if ts not in _JPEG_FAMILY:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        first = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
+    except Exception as e:
+        raise DecodeError(path, f"broken encapsulated pixel data: {_short(e)}") from e
+    header = jpeg_frame_header(bytes(first))
+    if header is None:
+        raise DecodeError(
+            path, f"no JPEG frame header in the {ts.name} pixel data; the codestream is corrupt"
+        )
+    precision, rows, cols, components = header
+    want = (int(ds.Rows), int(ds.Columns), _optional_int(ds, "SamplesPerPixel", 1))
+    if not 2 <= precision <= 16 or (rows not in (0, want[0])) or (cols, components) != want[1:]:
+        raise DecodeError(
+            path,
+            f"the JPEG frame header ({rows}x{cols}, {components} component(s), {precision} bits) "
+            f"contradicts the DICOM header ({want[0]}x{want[1]}, {want[2]} sample(s)); the codestream is corrupt",
+        )
 
 
 def _pixel_description(ds: Dataset, path: Path) -> tuple[int, str]:
@@ -793,11 +986,11 @@ def _pixel_description(ds: Dataset, path: Path) -> tuple[int, str]:
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits_allocated = int(ds.BitsAllocated)
-        bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        int(ds.get("PixelRepresentation", 0) or 0)
+        bits_stored = _optional_int(ds, "BitsStored", bits_allocated)
+        samples = _optional_int(ds, "SamplesPerPixel", 1)
+        representation = _optional_int(ds, "PixelRepresentation", 0)
         photometric = str(ds.PhotometricInterpretation).strip().upper()
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise CorruptDicomError(path, f"invalid Image Pixel attribute: {_short(e)}") from e
     if (
         rows <= 0
@@ -809,8 +1002,28 @@ def _pixel_description(ds: Dataset, path: Path) -> tuple[int, str]:
             path,
             f"invalid image description: {rows}x{cols}, Bits Allocated {bits_allocated}, Bits Stored {bits_stored}",
         )
+    if samples not in (1, 3, 4) or representation not in (0, 1):
+        raise CorruptDicomError(
+            path,
+            f"invalid image description: Samples per Pixel {samples}, Pixel Representation "
+            f"{representation} (0 unsigned or 1 signed)",
+        )
     _number_of_frames(ds, path)
+    if rows * cols > MAX_PIXELS:
+        raise UnsupportedImageError(
+            path,
+            f"{rows}x{cols} pixels is more than the {MAX_PIXELS / 2**20:.0f}-megapixel limit of a "
+            "radiograph (a corrupt header, or not a radiograph); not decoded",
+        )
     return samples, photometric
+
+
+def _optional_int(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer attribute; absent or empty means ``default`` (0 is a value, not absent)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    return int(value)
 
 
 def _check_image(ds: Dataset, path: Path) -> None:
@@ -1066,8 +1279,9 @@ def scan_folder(
 
 def _header_only(path: Path, salt: bytes) -> dict[str, Any]:
     ds = read_dataset(path, defer_size=4096)  # large values (the pixels) stay on disk
-    _check_image(ds, path)
-    return _meta(ds, path, salt)
+    with _header_values(path):
+        _check_image(ds, path)
+        return _meta(ds, path, salt)
 
 
 def write_skipped_csv(result: ScanResult, path: str | os.PathLike[str]) -> Path:

@@ -213,6 +213,9 @@ class SpaceError(ValueError):
         return self._format()
 
 
+_LONG_WORD = re.compile(r"\S{100,}")
+
+
 class _Problems:
     """Collects problems while a space is parsed, so one run reports them all."""
 
@@ -220,6 +223,10 @@ class _Problems:
         self.items: list[tuple[str, str]] = []
 
     def add(self, path: str, message: str) -> None:
+        # a pasted or corrupted value can be kilobytes long: keep each line readable
+        path, message = (
+            _LONG_WORD.sub(lambda m: m.group()[:60] + "...", t) for t in (path, message)
+        )
         self.items.append((path, message))
 
     def unknown_keys(self, path: str, given: Iterable[str], allowed: Iterable[str]) -> None:
@@ -230,6 +237,20 @@ class _Problems:
                 self.add(where, unknown_name_message("key", key, allowed))
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened (a fuzzed or pasted value can be megabytes long)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        text = f"<an integer of about {value.bit_length() * 0.30103:.0f} digits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short_text(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -237,18 +258,33 @@ def _join(path: str, key: str | int) -> str:
 
 
 def _number(value: Any) -> float | int | None:
-    """A YAML number; also accepts strings such as ``1e-4`` (YAML 1.1 reads them as text)."""
+    """A finite YAML number; also accepts strings such as ``1e-4`` (YAML 1.1 reads them as
+    text). Infinities, NaN and integers beyond the float range are not numbers here."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return value
     if isinstance(value, str):
         try:
             number = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
-        return int(number) if re.fullmatch(r"[-+]?\d+", value.strip()) else number
+        whole = re.fullmatch(r"[-+]?\d+", value.strip()) is not None
+        try:
+            value = int(value.strip()) if whole else number
+        except ValueError:  # more digits than int() converts
+            return None
+    if isinstance(value, int):
+        return value if _finite(value) else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return None
+
+
+def _finite(value: Any) -> bool:
+    """True for a number that converts to a finite float (ints beyond 1.8e308 do not)."""
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):
+        return False
 
 
 def _mapping(value: Any, path: str, problems: _Problems) -> dict[str, Any]:
@@ -769,10 +805,11 @@ def _check_values(
         bad = [
             v
             for v in values
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))
+            if v is not None
+            and (isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v))
         ]
         if bad:
-            problems.add(sub, f"'{param.name}' is a number, got {bad[0]!r}")
+            problems.add(sub, f"'{param.name}' is a finite number, got {_shown(bad[0])}")
         elif isinstance(default, int):
             # int settings (epochs, mu, batch_size, ...) take whole numbers
             frac = [v for v in values if isinstance(v, float) and not float(v).is_integer()]
@@ -1137,7 +1174,7 @@ class SpaceConfig:
             check_names=check_names,
             check_choices=check_choices,
         )
-        if not parameters.searched and "parameters" in d:
+        if not parameters.searched:
             problems.add(
                 "parameters", "nothing to search: give at least one range or choice parameter"
             )
@@ -1245,10 +1282,25 @@ def load_space(path: str | os.PathLike[str], *, check_names: bool = True) -> Spa
     p = Path(path)
     if not p.is_file():
         raise SpaceError(source, [("", "file not found")])
+    raw = p.read_bytes()
     try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpaceError(
+            source,
+            [(f"line {line}", f"not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8")],
+        ) from e
+    try:
+        # safe_load: plain data only; a !!python/... tag is refused, never constructed
+        d = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
-        raise SpaceError(source, [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from e
+        problem = getattr(e, "problem", None) or str(e).split("\n")[0]
+        raise SpaceError(source, [(where, f"not valid YAML: {_short_text(problem)}")]) from e
+    except RecursionError as e:
+        raise SpaceError(source, [("", "not valid YAML: nested too deeply")]) from e
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise SpaceError(source, [("", f"not valid YAML: {_short_text(str(e))}")]) from e
     return SpaceConfig.from_dict(d if d is not None else {}, source=source, check_names=check_names)

@@ -88,10 +88,33 @@ def _loggable(metrics: Mapping[str, Any], log_images: bool) -> dict[str, Any]:
     return out
 
 
+_PATH_KEYS = frozenset({"data_dir", "labels", "cache_dir", "checkpoint_dir", "csv", "path", "root"})
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "~", "\\\\")) or (len(text) > 2 and text[1:3] in (":\\", ":/"))
+
+
+def _public(value: Any, key: str = "") -> Any:
+    """``value`` with local paths replaced, at any depth, and keys made strings (W&B's need).
+
+    Folder and file names can name people or places, so neither the settings' path keys
+    nor any absolute path string leave the machine.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): _public(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_public(v, key) for v in value]
+    if isinstance(value, os.PathLike) or (
+        isinstance(value, str) and (key in _PATH_KEYS or _looks_like_path(value))
+    ):
+        return "<local path>"
+    return value
+
+
 def _public_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The trial's settings without local paths (folder names can name people or places)."""
-    hidden = {"data_dir", "labels", "cache_dir", "checkpoint_dir"}
-    return {k: (v if k not in hidden or v is None else "<local path>") for k, v in config.items()}
+    return _public(config)
 
 
 class TrialRun:
@@ -148,7 +171,7 @@ class TrialRun:
             if scalar is not None:
                 self._run.summary[key] = scalar
             elif isinstance(value, str | dict | list):
-                self._run.summary[key] = value
+                self._run.summary[key] = _public(value, key)
 
     def log_object(self, key: str, obj: Any) -> None:
         """Log a W&B object (a Table, Html, ...) built by the caller."""

@@ -27,8 +27,10 @@ Reasons: ``encoding`` (not UTF-8; UTF-8 with or without BOM is read), ``empty_ro
 repeating a key is ignored; when both rows carry different labels, the key goes to
 adjudication and the image is unlabeled until then),
 ``out_of_range`` (a number outside 0..6), ``free_text`` (not a number),
-``bad_laterality``, ``extra_fields``. A file that cannot be read as a table at all
-(missing, no ``file`` column, UTF-16, ...) raises :class:`LabelsError`.
+``bad_laterality``, ``extra_fields``, ``bad_quoting`` (an unbalanced quote: the
+lines it joins are named in the message). A file that cannot be read as a table at
+all (missing, no ``file`` column, UTF-16 or UTF-32, NUL bytes, ...) raises
+:class:`LabelsError`.
 
 Binary task: fracture = ``schatzker != 0``.
 """
@@ -62,6 +64,7 @@ PROBLEM_REASONS: dict[str, str] = {
     "free_text": "a label that is not a number",
     "bad_laterality": "a laterality other than L or R",
     "extra_fields": "more values than the header has columns",
+    "bad_quoting": "an unbalanced quote that joins several lines into one value",
 }
 
 
@@ -257,8 +260,17 @@ def parse_laterality(text: str) -> tuple[str | None, bool]:
 
 def _decode(raw: bytes, path: Path) -> tuple[str, str]:
     """UTF-8 (with or without BOM); otherwise keep bad bytes as surrogates for per-row reports."""
+    if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        raise LabelsError(path, "the CSV is UTF-32 encoded; save it as UTF-8 (CSV UTF-8)")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise LabelsError(path, "the CSV is UTF-16 encoded; save it as UTF-8 (CSV UTF-8)")
+    head = raw[:4096]
+    if head.count(b"\x00") > len(head) // 8:  # UTF-16/32 text is a quarter to half NULs
+        raise LabelsError(
+            path,
+            "the CSV holds NUL bytes: UTF-16 or UTF-32 without a byte-order mark, or not a "
+            "text file at all; save it as UTF-8 (CSV UTF-8)",
+        )
     bom = raw.startswith(b"\xef\xbb\xbf")
     body = raw[3:] if bom else raw
     try:
@@ -398,6 +410,19 @@ class _TableBuilder:
         if not any(f.strip() for f in fields):
             self.problem(row, None, "empty_row", "empty row (no file, no label)")
             return
+        if any("\n" in f or "\r" in f for f in fields):
+            lines = 1 + max(
+                len(f.rstrip("\r\n").replace("\r\n", "\n").replace("\r", "\n").split("\n")) - 1
+                for f in fields
+            )
+            self.problem(
+                row,
+                None,
+                "bad_quoting",
+                f"a quoted value spans {lines} lines from this row on (an unbalanced '\"'); "
+                f"those lines are read as one value and ignored: close the quote",
+            )
+            return
         if _has_bad_bytes("".join(fields)):
             shown = ",".join(_show_bad(f) for f in fields)
             self.problem(
@@ -431,7 +456,17 @@ class _TableBuilder:
             )
             return
         file = normalize_file(raw_file)
-        if not (self.data_dir / file).is_file():
+        try:
+            exists = (self.data_dir / file).is_file()
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte, ...
+            self.problem(
+                row,
+                file,
+                "unknown_file",
+                f"{file[:80]!r} cannot be a file in the data folder ({getattr(e, 'strerror', None) or e})",
+            )
+            return
+        if not exists:
             self.problem(row, file, "unknown_file", f"{file} is not a file in the data folder")
             return
         laterality = None

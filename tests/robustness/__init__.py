@@ -1,0 +1,1 @@
+"""Robustness suite: malformed input, hostile configuration, and what leaves the machine."""
