@@ -198,8 +198,12 @@ def _trainable(args: argparse.Namespace) -> Callable | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.runner import run_search
+    from search.experiment import ExperimentFolder
     from search.space import load_space
+
+    if args.name:  # refuse a taken name before the heavy imports (Ray, Ax)
+        ExperimentFolder(Path(args.results) / args.name).check_new()
+    from search.runner import run_search
 
     check_names = args.trainable is None
     space = load_space(args.space, check_names=check_names)

@@ -12,19 +12,28 @@
     final/            ``python -m search promote``
 
 State files are written atomically (temporary file, then rename), so a driver killed at
-any moment leaves each of them either before or after a change, never half-written.
-``.lock`` is held (``flock``) while a driver works on the folder, so a second run or
-resume of the same experiment refuses to start; the kernel releases it if the driver dies.
+any moment leaves each of them either before or after a change, never half-written; a
+full disk stops the driver with :class:`ExperimentDiskFull` and keeps the last good
+state. ``.lock`` is held (``flock``) while a driver works on the folder, so a second run
+or resume of the same experiment refuses to start, naming the driver that holds it; the
+kernel releases it if the driver dies.
+
+Fault injection for tests: ``RADSEARCH_TEST_KILL_AT=POINT:N`` makes the driver SIGKILL
+itself the N-th time it passes ``POINT`` (``save_ax``: between the Ax state's temporary
+file and its rename; ``save_state``, ``write_tables``: just before those writes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
 import os
+import shutil
+import signal
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -34,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from search.space import SpaceConfig
 
 if TYPE_CHECKING:
@@ -47,6 +56,7 @@ TRIALS_FILE = "trials.csv"
 HISTORY_FILE = "history.jsonl"
 BEST_FILE = "best.yaml"
 LOCK_FILE = ".lock"
+LOCK_OWNER_FILE = ".lock.owner"
 
 #: trial statuses in ``experiment.json`` / ``trials.csv``
 QUEUED, RUNNING, COMPLETED, FAILED, EARLY_STOPPED, INTERRUPTED = (
@@ -66,6 +76,64 @@ class ExperimentError(RuntimeError):
 
 class ExperimentLocked(ExperimentError):
     """Another driver holds the experiment's lock."""
+
+
+class ExperimentDiskFull(ExperimentError):
+    """The disk under the experiment folder is full: a state file could not be written.
+
+    The file it was replacing is untouched (writes are atomic), so the folder keeps its
+    last good state and ``resume`` continues from it once there is space again.
+    """
+
+
+#: errno values that mean "no space left" (a full disk or an exhausted quota)
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_KILL_COUNTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """SIGKILL this process at the N-th pass through ``name`` when
+    ``RADSEARCH_TEST_KILL_AT=name:N`` is set (tests of crash safety); else nothing."""
+    spec = os.environ.get("RADSEARCH_TEST_KILL_AT")
+    if not spec:
+        return
+    point, _, count = spec.rpartition(":")
+    if point != name:
+        return
+    _KILL_COUNTS[name] = _KILL_COUNTS.get(name, 0) + 1
+    if str(_KILL_COUNTS[name]) == count.strip():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@contextlib.contextmanager
+def disk_full_is_clear(path: Path, folder: Path | None = None) -> Iterator[None]:
+    """Turn "no space left on device" while writing ``path`` into an
+    :class:`ExperimentDiskFull` that says where, how much is free and what to do."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        where = path.parent
+        free = ""
+        with contextlib.suppress(OSError):
+            free = f" ({_bytes(shutil.disk_usage(where).free)} free there)"
+        what = "the disk quota is exhausted" if e.errno == errno.EDQUOT else "the disk is full"
+        kept = ""
+        if folder is not None:
+            kept = (
+                f"; the last good state of {_display(folder)} is kept. Free some space, then "
+                f"continue with `{resume_command(folder)}`"
+            )
+        raise ExperimentDiskFull(f"{what}: could not write {_display(path)}{free}{kept}") from e
 
 
 def now_iso() -> str:
@@ -136,17 +204,42 @@ class ExperimentFolder:
     # ---- creation, opening, locking ----------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike[str], space: SpaceConfig) -> ExperimentFolder:
-        """Make a new experiment folder for ``space``; refuse if one already exists."""
+        """Make a new experiment folder for ``space``; refuse if one already exists.
+
+        ``run`` takes the folder's lock first and then calls :meth:`initialize`, so two
+        drivers started at once with one name cannot both write it.
+        """
         folder = cls(path)
-        if (folder.path / STATE_FILE).exists():
-            raise ExperimentError(
-                f"{folder.display} already holds an experiment: continue it with "
-                f"`{resume_command(folder.path)}`, or pick another --name"
-            )
+        folder.check_new()
         folder.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder.path / SPACE_FILE, space.to_yaml())
-        folder._state = {
-            "name": folder.name,
+        folder.initialize(space)
+        return folder
+
+    def check_new(self) -> None:
+        """Refuse when the folder already holds an experiment (naming the driver that
+        works on it, if one does)."""
+        if (self.path / STATE_FILE).exists():
+            if self.is_locked():
+                raise ExperimentLocked(
+                    f"{self.display} is in use by another driver{self._lock_owner()}: a "
+                    "second run of the same experiment name would write into its folder. "
+                    "Pick another --name, or wait for that run to finish (`python -m search "
+                    f"status {self.display}`)"
+                )
+            raise ExperimentError(
+                f"{self.display} already holds an experiment: continue it with "
+                f"`{resume_command(self.path)}`, or pick another --name"
+            )
+
+    def initialize(self, space: SpaceConfig) -> None:
+        """Write the resolved space and the initial state (``experiment.json`` last: the
+        folder is an experiment once it exists)."""
+        self.check_new()
+        self.path.mkdir(parents=True, exist_ok=True)
+        with disk_full_is_clear(self.path / SPACE_FILE, self.path):
+            atomic_write_text(self.path / SPACE_FILE, space.to_yaml())
+        self._state = {
+            "name": self.name,
             "space": space.name,
             "source": space.source,
             "created": now_iso(),
@@ -155,9 +248,8 @@ class ExperimentFolder:
             "sessions": [],
             "trials": {},
         }
-        folder._space = space
-        folder.save_state()
-        return folder
+        self._space = space
+        self.save_state()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ExperimentFolder:
@@ -177,26 +269,39 @@ class ExperimentFolder:
         return folder
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[ExperimentFolder]:
-        """Hold the folder's lock; refuse if another driver holds it."""
+    def locked(self, *, command: str | None = None) -> Iterator[ExperimentFolder]:
+        """Hold the folder's lock; refuse, naming the holder, if another driver holds it.
+
+        ``command`` (``run ...``, ``resume ...``) is recorded beside the lock so that a
+        refused driver can say who holds it.
+        """
         from filelock import FileLock, Timeout
 
+        self.path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
         try:
             lock.acquire()
         except Timeout:
             owner = self._lock_owner()
             raise ExperimentLocked(
-                f"{self.display} is in use by another driver{owner}; wait for it to finish "
-                "(`python -m search status " + self.display + "`) or stop it first"
+                f"{self.display} is in use by another driver{owner}: two drivers must not "
+                f"write one experiment folder. Wait for it to finish (`python -m search status "
+                f"{self.display}`), pick another --name for a new experiment, or stop that "
+                f"driver and continue with `{resume_command(self.path)}`"
             ) from None
         try:
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
-            atomic_write_json(self.path / ".lock.owner", info)
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": now_iso(),
+                "command": command,
+            }
+            with disk_full_is_clear(self.path / LOCK_OWNER_FILE, self.path):
+                atomic_write_json(self.path / LOCK_OWNER_FILE, info)
             yield self
         finally:
             with contextlib.suppress(FileNotFoundError):
-                (self.path / ".lock.owner").unlink()
+                (self.path / LOCK_OWNER_FILE).unlink()
             lock.release()
 
     def is_locked(self) -> bool:
@@ -213,10 +318,13 @@ class ExperimentFolder:
 
     def _lock_owner(self) -> str:
         try:
-            info = json.loads((self.path / ".lock.owner").read_text())
-            return f" (pid {info['pid']} on {info['host']} since {info['since']})"
-        except (OSError, ValueError, KeyError):
+            info = json.loads((self.path / LOCK_OWNER_FILE).read_text())
+            text = f" (pid {info['pid']} on {info['host']} since {info['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
             return ""
+        if info.get("command"):
+            text += f", running `python -m search {info['command']}`"
+        return text + ")"
 
     # ---- state -----------------------------------------------------------------------
     @property
@@ -226,7 +334,27 @@ class ExperimentFolder:
         return self._state
 
     def save_state(self) -> None:
-        atomic_write_json(self.path / STATE_FILE, self.state)
+        fault_point("save_state")
+        with disk_full_is_clear(self.path / STATE_FILE, self.path):
+            atomic_write_json(self.path / STATE_FILE, self.state)
+
+    def recover(self) -> list[str]:
+        """Tidy what a killed driver can leave (call with the lock held): temporary files
+        of interrupted atomic writes, and a last line of ``history.jsonl`` cut short.
+        Returns what was removed or repaired."""
+        done = []
+        for tmp in self.path.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                done.append(tmp.name)
+        if self.history_path.is_file():
+            data = self.history_path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                keep = data[: data.rfind(b"\n") + 1]
+                with disk_full_is_clear(self.history_path, self.path):
+                    atomic_write_bytes(self.history_path, keep)
+                done.append(f"{HISTORY_FILE} (a torn last line)")
+        return done
 
     def space(self) -> SpaceConfig:
         """The resolved space the experiment runs (validated when it was created)."""
@@ -239,7 +367,8 @@ class ExperimentFolder:
         return self._space
 
     def save_space(self, space: SpaceConfig) -> None:
-        atomic_write_text(self.path / SPACE_FILE, space.to_yaml())
+        with disk_full_is_clear(self.path / SPACE_FILE, self.path):
+            atomic_write_text(self.path / SPACE_FILE, space.to_yaml())
         self.state["check_names"] = space.check_names
         self._space = space
         self.save_state()
@@ -283,10 +412,12 @@ class ExperimentFolder:
         """Write the Ax client's JSON snapshot atomically (temporary file, fsync, rename)."""
         tmp = self.path / f".{AX_FILE}.{os.getpid()}.tmp"
         try:
-            client.save_to_json_file(str(tmp))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.ax_path)
+            with disk_full_is_clear(self.ax_path, self.path):
+                client.save_to_json_file(str(tmp))
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                fault_point("save_ax")
+                os.replace(tmp, self.ax_path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -337,6 +468,7 @@ class ExperimentFolder:
             started_t=time.time(),
             finished=None,
             error=None,
+            stop_reason=None,
         )
         rec["attempts"] = int(rec.get("attempts", 0)) + 1
         self.save_state()
@@ -356,10 +488,21 @@ class ExperimentFolder:
             {"trial": index, "session": rec.get("session"), "time": time.time(), **metrics},
             default=str,
         )
-        with open(self.history_path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        self._append_history(line)
         self.save_state()
         self.write_tables()
+
+    def _append_history(self, line: str) -> None:
+        """Append one line; on a full disk the file is cut back to its last whole line."""
+        with disk_full_is_clear(self.history_path, self.path), open(self.history_path, "ab") as f:
+            size = f.tell()
+            try:
+                f.write((line + "\n").encode("utf-8"))
+                f.flush()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
+                raise
 
     def trial_finished(
         self,
@@ -423,8 +566,12 @@ class ExperimentFolder:
                     "node": rec.get("node"),
                     "session": rec.get("session"),
                     "attempts": rec.get("attempts", 0),
+                    "retries": rec.get("retries", 0),
+                    "reduced_batch_size": rec.get("reduced_batch_size"),
                     "started": rec.get("started"),
                     "ray_trial": rec.get("ray_trial"),
+                    "stop_reason": rec.get("stop_reason"),
+                    "retry_reason": rec.get("retry_reason"),
                     "error": rec.get("error"),
                 }
             )
@@ -433,6 +580,7 @@ class ExperimentFolder:
 
     def write_tables(self) -> None:
         """Rewrite trials.csv and best.yaml from the state (atomically)."""
+        fault_point("write_tables")
         rows = self.rows()
         columns: list[str] = []
         for row in rows:
@@ -445,8 +593,12 @@ class ExperimentFolder:
             "node",
             "session",
             "attempts",
+            "retries",
+            "reduced_batch_size",
             "started",
             "ray_trial",
+            "stop_reason",
+            "retry_reason",
             "error",
         ]
         columns = [c for c in columns if c not in tail] + [c for c in tail if c in columns]
@@ -457,10 +609,12 @@ class ExperimentFolder:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        atomic_write_text(self.trials_csv, buf.getvalue())
+        with disk_full_is_clear(self.trials_csv, self.path):
+            atomic_write_text(self.trials_csv, buf.getvalue())
         best = self.best()
         if best is not None:
-            atomic_write_text(self.best_path, yaml.safe_dump(best, sort_keys=False))
+            with disk_full_is_clear(self.best_path, self.path):
+                atomic_write_text(self.best_path, yaml.safe_dump(best, sort_keys=False))
 
     def best(self) -> dict[str, Any] | None:
         """The best completed trial that meets every outcome constraint (observed values)."""

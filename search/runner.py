@@ -15,6 +15,24 @@ Ray trial folder + ``threads`` = its CPUs), forwards every per-epoch report to R
 its checkpoint folder, for trial-level retries), opens the trial's W&B run, and reports
 the trainable's final metrics marked as final, so a trial a scheduler stopped is never
 taken for a finished one.
+
+Faults, and where each is handled:
+
+- a trial that raises: failed (reason: the last line of its traceback); Ray first retries
+  it ``budget.max_failures`` times from its last checkpoint, as it does for a worker
+  process that dies (``on_trial_recover`` records each retry);
+- a trial whose loss diverges (:func:`divergence`: a non-finite loss, or a training
+  loss above 10x its first value) is stopped by the worker at that report and ends
+  early-stopped with the reason (failed when it had no score yet);
+- a trial that returns a non-finite objective: failed, never completed with an
+  earlier epoch's score;
+- out of memory: the worker retries once with half the batch size, then the trial
+  fails with the reason; the retry and the batch size are in ``trials.csv``;
+- a space whose trial does not fit the cluster (or any one node of it) is refused
+  before the experiment folder is written, naming what the cluster has;
+- a second driver on one experiment folder is refused by the folder's lock, naming
+  the driver that holds it; a full disk stops the driver with the path and the free
+  space, and the folder keeps its last good state (see ``search.experiment``).
 """
 
 from __future__ import annotations
@@ -28,18 +46,22 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from search.experiment import (
+    AX_FILE,
     COMPLETED,
     EARLY_STOPPED,
     FAILED,
     INTERRUPTED,
+    LOCK_FILE,
+    LOCK_OWNER_FILE,
     QUEUED,
     RUNNING,
+    ExperimentDiskFull,
     ExperimentError,
     ExperimentFolder,
     now_iso,
@@ -130,7 +152,12 @@ def load_trainable(spec: str) -> Trainable:
 
 @dataclass(frozen=True, kw_only=True)
 class TrialSetup:
-    """What every trial worker needs besides Ax's parameters (sent to Ray workers)."""
+    """What every trial worker needs besides Ax's parameters (sent to Ray workers).
+
+    ``default_batch_size``: the trainable's batch size when the config does not set one
+    (``run_trial``'s default), halved once when a trial runs out of memory.
+    ``divergence_factor``: see :func:`divergence`.
+    """
 
     trainable: Trainable
     base: dict[str, Any]
@@ -138,6 +165,8 @@ class TrialSetup:
     tracking: TrackingSetup
     experiment: str
     resume_from: dict[int, str] = field(default_factory=dict)
+    default_batch_size: int | None = None
+    divergence_factor: float = 10.0
 
 
 def _finite(value: Any) -> bool:
@@ -154,10 +183,117 @@ def _plain_scalar(value: Any) -> Any:
     return None
 
 
+# ------------------------------------------------------------------------------------------
+# Faults inside a trial: divergence, running out of memory
+# ------------------------------------------------------------------------------------------
+#: the training loss a trial reports each epoch (the first of these present)
+TRAIN_LOSS_KEYS = ("train/loss", "loss")
+#: losses that must stay finite (any non-finite value is a divergence)
+LOSS_KEYS = ("train/loss", "loss", "val/loss")
+
+
+def divergence(
+    row: Mapping[str, Any], first_loss: float | None, *, factor: float = 10.0
+) -> str | None:
+    """Why one per-epoch report shows that training diverged, or ``None``.
+
+    Diverged means: a loss (``train/loss``, ``loss``, ``val/loss``) is not finite, or
+    the training loss exceeds ``factor`` times its first finite (positive) value. The
+    rule is applied by the search to every trial's reports, so any trainable stops on it.
+    """
+    epoch = row.get("epoch")
+    at = f" at epoch {int(epoch)}" if _finite(epoch) else ""
+    for key in LOSS_KEYS:
+        value = _number(row.get(key))
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"diverged: {key} is {value}{at}"
+    loss = next((_number(row[k]) for k in TRAIN_LOSS_KEYS if _finite(_number(row.get(k)))), None)
+    if (
+        loss is not None
+        and first_loss is not None
+        and first_loss > 0
+        and factor * first_loss < loss
+    ):
+        return (
+            f"diverged: train loss {loss:.4g} > {factor:g} x its first value {first_loss:.4g}{at}"
+        )
+    return None
+
+
+class TrialDiverged(Exception):
+    """Raised from ``report`` to stop a trainable whose loss diverged."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes (``raise ... from``) and contexts, each once."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack.extend((e.__cause__, e.__context__))
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    return next((e for e in _chain(exc) if isinstance(e, kind)), None)
+
+
+def _out_of_memory(exc: BaseException) -> BaseException | None:
+    """The out-of-memory error in ``exc``'s chain (``torch.OutOfMemoryError``, CUDA's
+    "out of memory" RuntimeError, or Python's ``MemoryError``), else ``None``."""
+    for e in _chain(exc):
+        if isinstance(e, MemoryError):
+            return e
+        if any(c.__name__ == "OutOfMemoryError" for c in type(e).__mro__):
+            return e
+        if isinstance(e, RuntimeError) and "CUDA out of memory" in str(e):
+            return e
+    return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc`` or one of its causes is an out-of-memory error."""
+    return _out_of_memory(exc) is not None
+
+
+def _free_memory() -> None:
+    """Release what an out-of-memory attempt left before the retry."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        with contextlib.suppress(Exception):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
 def run_trial_in_worker(config: dict[str, Any], setup: TrialSetup) -> None:
-    """The body of one Ray trial (runs in a Ray worker process)."""
+    """The body of one Ray trial (runs in a Ray worker process).
+
+    Faults it handles itself, reported to the driver in the final result:
+
+    - a report whose loss diverged (:func:`divergence`) stops the trainable; the trial
+      ends ``early_stopped`` with the reason (``failed`` when no epoch had a score);
+    - out of memory: one retry with half the batch size (from scratch), then ``failed``
+      with the reason; the retry and the reduced batch are recorded for the trial;
+    - values the trainable returns that are not finite are never replaced by an
+      earlier epoch's (a NaN objective fails the trial).
+
+    Anything else it raises fails the Ray trial (retried by Ray's ``max_failures``, from
+    the last checkpoint reported with ``tune.report``).
+    """
     import ray
     from ray import tune
+
+    from search.searcher import BATCH_KEY, NONFINITE_KEY, OUTCOME_KEY, REASON_KEY, RETRY_KEY
 
     index = int(config[INDEX_KEY])
     params = {k: v for k, v in config.items() if k != INDEX_KEY}
@@ -185,11 +321,26 @@ def run_trial_in_worker(config: dict[str, Any], setup: TrialSetup) -> None:
     )
     epochs = 0
     last: dict[str, Any] = {}
+    first_loss: float | None = None
+    retry: dict[str, Any] = {}
     report_seconds = 0.0
 
     def report(metrics: Mapping[str, Any]) -> None:
-        nonlocal epochs, last, report_seconds
+        nonlocal epochs, last, report_seconds, first_loss
         t0 = time.perf_counter()
+        reason = divergence(metrics, first_loss, factor=setup.divergence_factor)
+        if reason is not None:
+            run.log(metrics, step=epochs + 1)
+            raise TrialDiverged(reason)
+        if first_loss is None:
+            first_loss = next(
+                (
+                    float(_number(metrics[k]))
+                    for k in TRAIN_LOSS_KEYS
+                    if _finite(_number(metrics.get(k)))
+                ),
+                None,
+            )
         epoch = metrics.get("epoch")
         epochs = int(epoch) if _finite(epoch) else epochs + 1
         scalars = {
@@ -201,26 +352,85 @@ def run_trial_in_worker(config: dict[str, Any], setup: TrialSetup) -> None:
         checkpoint = None
         if any(checkpoint_dir.iterdir()):
             checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
-        tune.report({**scalars, "node": node, INDEX_KEY: index}, checkpoint=checkpoint)
+        tune.report({**scalars, **retry, "node": node, INDEX_KEY: index}, checkpoint=checkpoint)
         report_seconds += time.perf_counter() - t0
 
+    def end(outcome: str, reason: str) -> None:
+        """Report the trial's own verdict as its final result (no Ray retry)."""
+        run.summary({**last, "stopped": reason})
+        run.finish(failed=outcome == "failed")
+        tune.report(
+            {
+                **last,
+                **retry,
+                "node": node,
+                INDEX_KEY: index,
+                FINAL_KEY: 1,
+                OUTCOME_KEY: outcome,
+                REASON_KEY: reason,
+            }
+        )
+
     t_start = time.perf_counter()
-    try:
-        final = setup.trainable(trial_config, report)
-    except SystemExit as e:  # Ray ends a trial its scheduler stopped with sys.exit(0) in report()
-        stopped = e.code in (0, None)
-        if stopped:
-            run.summary({**last, "stopped_early": True})
-        run.finish(failed=not stopped)
-        raise
-    except BaseException:
-        run.finish(failed=True)
-        raise
+    final: Mapping[str, Any] | None = None
+    for attempt in (1, 2):
+        try:
+            final = setup.trainable(trial_config, report)
+            break
+        except (
+            SystemExit
+        ) as e:  # Ray ends a trial its scheduler stopped with sys.exit(0) in report()
+            stopped = e.code in (0, None)
+            if stopped:
+                run.summary({**last, "stopped_early": True})
+            run.finish(failed=not stopped)
+            raise
+        except BaseException as e:
+            diverged = _find(e, TrialDiverged)
+            if diverged is not None:
+                end("early_stopped", diverged.reason)  # type: ignore[attr-defined]
+                return
+            oom = None if isinstance(e, KeyboardInterrupt) else _out_of_memory(e)
+            if oom is None:
+                run.finish(failed=True)
+                raise
+            batch = trial_config.get("batch_size", setup.default_batch_size)
+            text = str(oom).splitlines()[0] if str(oom) else ""
+            what = f"{type(oom).__name__}: {text}".rstrip(": ")
+            if attempt == 2 or not isinstance(batch, int) or batch < 2:
+                tried = f" (after a retry: {retry[RETRY_KEY]})" if retry else ""
+                hint = (
+                    "lower batch_size or image_size, or give each trial more memory "
+                    "(--gpus-per-trial, --cpus-per-trial)"
+                )
+                end(
+                    "failed",
+                    f"out of memory at batch_size {batch}{tried}: {what}; {hint}",
+                )
+                return
+            smaller = batch // 2
+            retry = {
+                RETRY_KEY: f"out of memory at batch_size {batch}; retried with batch_size {smaller}",
+                BATCH_KEY: smaller,
+            }
+            log.warning("trial %s: %s", index, retry[RETRY_KEY])
+            trial_config = {**trial_config, "batch_size": smaller}
+            # from scratch: a checkpoint of the larger batch does not carry over
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            epochs, last, first_loss = 0, {}, None
+            _free_memory()
     trainable_s = time.perf_counter() - t_start - report_seconds
     final_scalars = {
         k: v for k, v in ((k, _plain_scalar(v)) for k, v in (final or {}).items()) if v is not None
     }
-    result = {**last, **final_scalars}
+    nonfinite = {
+        k: v
+        for k, v in (final or {}).items()
+        if k not in final_scalars and isinstance(_number(v), float)
+    }
+    result = {k: v for k, v in last.items() if k not in nonfinite}
+    result.update(final_scalars)
     if epochs:  # "epoch" counts the epochs run; a trainable's own "epoch" (its best) is kept apart
         if final_scalars.get("epoch", epochs) != epochs:
             result["best_epoch"] = final_scalars["epoch"]
@@ -228,9 +438,30 @@ def run_trial_in_worker(config: dict[str, Any], setup: TrialSetup) -> None:
     result.setdefault("epoch", 0)
     run.summary(result)
     run.finish()
+    extra: dict[str, Any] = dict(retry)
+    if nonfinite:
+        extra[NONFINITE_KEY] = ", ".join(f"{k}={_number(v)}" for k, v in nonfinite.items())
     tune.report(
-        {**result, "node": node, INDEX_KEY: index, FINAL_KEY: 1, "search/trainable_s": trainable_s}
+        {
+            **result,
+            **extra,
+            "node": node,
+            INDEX_KEY: index,
+            FINAL_KEY: 1,
+            "search/trainable_s": trainable_s,
+        }
     )
+
+
+def _number(value: Any) -> Any:
+    """A float for any real number (numpy included), else the value unchanged."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def trial_dirname(trial: Any) -> str:
@@ -381,6 +612,21 @@ def _recorder(folder: ExperimentFolder, on_event: Callable[[], None]) -> Any:
                 self.folder.write_tables()
             self.on_event()
 
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            """Ray restarts a crashed trial (``max_failures``) from its last checkpoint."""
+            index = _index(trial)
+            if index is not None:
+                rec = self.folder.trials.get(index, {})
+                why = _error_text(trial) or "the trial's worker died"
+                notes = [n for n in str(rec.get("retry_reason") or "").split("; ") if n]
+                self.folder.trial_note(
+                    index,
+                    retries=int(rec.get("retries") or 0) + 1,
+                    retry_reason="; ".join([*notes, f"restarted from its last checkpoint: {why}"]),
+                )
+                self.folder.write_tables()
+            self.on_event()
+
         def on_checkpoint(
             self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
         ) -> None:
@@ -431,32 +677,90 @@ def ray_session(
         ray.shutdown()
 
 
-def fit_concurrency(space: SpaceConfig, resources: Mapping[str, float]) -> tuple[int, str | None]:
-    """How many trials fit the cluster at once (at most the budget's concurrency)."""
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of each alive node of the connected Ray cluster."""
+    import ray
+
+    return [
+        {k: float(v) for k, v in (n.get("Resources") or {}).items()}
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
+def _plural(n: float, what: str) -> str:
+    return f"{n:g} {what}" + ("" if n == 1 else "s")
+
+
+def fit_concurrency(
+    space: SpaceConfig,
+    resources: Mapping[str, float],
+    nodes: Sequence[Mapping[str, float]] | None = None,
+) -> tuple[int, str | None]:
+    """How many trials fit the cluster at once (at most the budget's concurrency).
+
+    Refuses (:class:`SearchError`, naming what the cluster has) a space whose trial
+    does not fit the cluster at all, or, given ``nodes``, no single node of it: such
+    a trial would wait forever.
+    """
     budget = space.budget
+    cpt, gpt = budget.cpus_per_trial, budget.gpus_per_trial
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    if budget.gpus_per_trial > 0 and gpus <= 0:
-        raise SearchError(
-            f"the space asks for {budget.gpus_per_trial:g} GPU per trial but the Ray cluster "
-            "has no GPU: use --gpus-per-trial 0, or join a cluster with GPUs (--address)"
+    has = f"this cluster has {_plural(gpus, 'GPU')}, {_plural(cpus, 'CPU')}"
+    if nodes is not None and len(nodes) > 1:
+        biggest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
+        has += (
+            f" over {len(nodes)} nodes (the largest: {_plural(biggest.get('GPU', 0.0), 'GPU')}, "
+            f"{_plural(biggest.get('CPU', 0.0), 'CPU')})"
         )
-    fits = math.floor(cpus / budget.cpus_per_trial + 1e-9)
-    if budget.gpus_per_trial > 0:
-        fits = min(fits, math.floor(gpus / budget.gpus_per_trial + 1e-9))
+    if gpt > 0 and gpus <= 0:
+        raise SearchError(
+            f"the space asks {_plural(gpt, 'GPU')} per trial; {has}: use --gpus-per-trial 0, "
+            "or join a cluster with GPUs (--address)"
+        )
+    if gpt > gpus or cpt > cpus:
+        what = _plural(gpt, "GPU") if gpt > gpus else _plural(cpt, "CPU")
+        raise SearchError(
+            f"the space asks {what} per trial; {has}: lower --gpus-per-trial / "
+            "--cpus-per-trial, or join a larger cluster (--address)"
+        )
+
+    def fits_in(c: float, g: float) -> int:
+        n = math.floor(c / cpt + 1e-9)
+        if gpt > 0:
+            n = min(n, math.floor(g / gpt + 1e-9))
+        return n
+
+    if nodes:  # a trial runs on one node: count what fits node by node
+        fits = sum(fits_in(n.get("CPU", 0.0), n.get("GPU", 0.0)) for n in nodes)
+    else:
+        fits = fits_in(cpus, gpus)
     if fits < 1:
         raise SearchError(
-            f"one trial needs {budget.cpus_per_trial:g} CPUs and {budget.gpus_per_trial:g} GPUs; "
-            f"the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs: lower --cpus-per-trial"
+            f"one trial needs {_plural(cpt, 'CPU')} and {_plural(gpt, 'GPU')} on one node; "
+            f"{has}: lower --cpus-per-trial / --gpus-per-trial"
         )
     concurrency = min(budget.concurrency, fits)
     note = None
     if concurrency < budget.concurrency:
         note = (
             f"concurrency {budget.concurrency} -> {concurrency}: that is what fits the cluster "
-            f"({cpus:g} CPUs, {gpus:g} GPUs; {budget.cpus_per_trial:g} CPUs and "
-            f"{budget.gpus_per_trial:g} GPUs per trial)"
+            f"({cpus:g} CPUs, {gpus:g} GPUs; {cpt:g} CPUs and {gpt:g} GPUs per trial)"
         )
     return concurrency, note
+
+
+def _default_batch_size(space: SpaceConfig) -> int | None:
+    """``run_trial``'s default batch size (halved on out of memory) when the space runs it."""
+    if not space.check_names:
+        return None
+    try:
+        from pipeline import trial_keys  # type: ignore[attr-defined]
+
+        value = trial_keys().get("batch_size")
+    except ImportError:  # no pipeline here: a config without batch_size is not retried
+        return None
+    return int(value) if isinstance(value, int) else None
 
 
 def _default_cache_dir() -> str:
@@ -490,22 +794,48 @@ def run_search(
     if not isinstance(space, SpaceConfig):
         space = load_space(space)
     name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = ExperimentFolder.create(Path(results_dir) / name, space)
+    folder = ExperimentFolder(Path(results_dir) / name)
+    folder.check_new()
     trainable = trainable or default_trainable()
-    with folder.locked():
-        client = build_client(space)
-        folder.save_ax(client)
-        return _execute(
-            folder,
-            space,
-            client,
-            rerun=[],
-            trainable=trainable,
-            address=address,
-            progress=progress,
-            command=command or f"run {space.source}",
-            num_cpus=num_cpus,
-        )
+    command = command or f"run {space.source}"
+    # the lock first: of two drivers started at once with one name, one runs and the
+    # other refuses before it writes anything
+    with folder.locked(command=command):
+        created = False
+        try:
+            folder.check_new()
+            with ray_session(address, num_cpus=num_cpus) as resources:
+                # a trial that can never be placed is refused before anything is written
+                fit_concurrency(space, resources, cluster_nodes())
+                client = build_client(space)
+                folder.save_ax(client)  # before experiment.json, which makes it an experiment
+                folder.initialize(space)
+                created = True
+                return _execute(
+                    folder,
+                    space,
+                    client,
+                    rerun=[],
+                    trainable=trainable,
+                    address=address,
+                    progress=progress,
+                    command=command,
+                    num_cpus=num_cpus,
+                )
+        finally:
+            if not created:
+                _remove_if_empty(folder.path)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove a folder a refused ``run`` made (called with its lock held; it holds at
+    most the lock, its owner record and Ax's state)."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in path.iterdir()} <= {LOCK_FILE, LOCK_OWNER_FILE, AX_FILE}:
+            for name in (AX_FILE, LOCK_OWNER_FILE, LOCK_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    (path / name).unlink()
+            path.rmdir()
 
 
 def resume_search(
@@ -525,12 +855,18 @@ def resume_search(
     """
     folder = ExperimentFolder.open(path)
     trainable = trainable or default_trainable()
-    with folder.locked():
+    command = command or f"resume {folder.display}"
+    with folder.locked(command=command):
+        folder.recover()
         space = folder.space()
         if any(v is not None for v in overrides.values()):
             space = space.with_overrides(**overrides)
             folder.save_space(space)
-        client = folder.load_ax()
+        if folder.ax_path.is_file() or folder.trials:
+            client = folder.load_ax()
+        else:  # a driver stopped between creating the folder and its first Ax write
+            client = build_client(space)
+            folder.save_ax(client)
         rerun = reconcile(folder, client)
         return _execute(
             folder,
@@ -540,7 +876,7 @@ def resume_search(
             trainable=trainable,
             address=address,
             progress=progress,
-            command=command or f"resume {folder.display}",
+            command=command,
             num_cpus=num_cpus,
         )
 
@@ -621,6 +957,10 @@ def _execute(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # one checkpoint kept per trial forces a snapshot of Ray's state per epoch: expected here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a result without the objective (a trial that failed or diverged before its first
+    # score, a NaN it returned) is the searcher's to record as failed, not a reason for
+    # Ray Tune to end the whole search
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     session = folder.begin_session(address=address, command=command)
     notes: list[str] = []
     status = "failed"
@@ -656,6 +996,7 @@ def _execute(
                 tracking=tracking,
                 experiment=folder.name,
                 resume_from=resume_from,
+                default_batch_size=_default_batch_size(space),
             )
             n_new = max(0, space.budget.trials - len(folder.trials))
             n_samples = len(rerun) + n_new
@@ -712,13 +1053,18 @@ def _execute(
         raise
     except Exception as e:
         status = "failed"
+        full = next((c for c in _chain(e) if isinstance(c, ExperimentDiskFull)), None)
+        if full is not None:  # Ray may wrap it: say it plainly
+            raise SearchError(str(full)) from e
         raise SearchError(
             f"the search stopped with an error: {e}\nfix the cause, then continue with "
             f"`{resume_command(folder.path)}`"
         ) from e
     finally:
-        folder.set_status(status, ended=now_iso())
-        folder.write_tables()
+        # on a full disk these writes fail too: the last good state stays as it is
+        with contextlib.suppress(ExperimentDiskFull):
+            folder.set_status(status, ended=now_iso())
+            folder.write_tables()
     if status == "finished":
         _summary_run(folder, space)
     return SearchResult(

@@ -7,9 +7,11 @@ ax-platform 1.3, so the platform talks to ``ax.Client`` directly:
   proposes a batch that accounts for the pending trials); trials that a crashed driver
   left running are handed out again first (same Ax index, same parameters).
 - every per-epoch report goes to Ax as a progression (``attach_data(..., progression=)``),
-- a trial that returns is completed, one that raises is marked failed, one that a
-  scheduler stopped is marked early-stopped (its truncated score is never taken as
-  final).
+- a trial that returns is completed, one that raises (or returns a non-finite
+  objective) is marked failed, one that a scheduler stopped, or that stopped itself
+  because its loss diverged, is marked early-stopped (its truncated score is never
+  taken as final; with no score at all it is marked failed), and the reason goes to
+  ``trials.csv``.
 - after every change the Ax state is written atomically to the experiment folder.
 
 Proposals come from Ax's generation strategy (Sobol, then BoTorch; seeded) or, for
@@ -45,6 +47,15 @@ log = logging.getLogger(__name__)
 INDEX_KEY = "ax_trial_index"
 #: set in the result that a trial reports after its trainable returned
 FINAL_KEY = "search/final"
+#: in a final result: the trial ended itself as ``failed`` or ``early_stopped`` (it
+#: diverged, or ran out of memory again after its retry); ``REASON_KEY`` says why
+OUTCOME_KEY = "search/outcome"
+REASON_KEY = "search/reason"
+#: in a final result: values the trainable returned that are not finite (``val/auroc=nan``)
+NONFINITE_KEY = "search/nonfinite"
+#: in every result after a retry inside the trial: why, and the batch size it now uses
+RETRY_KEY = "search/retry_reason"
+BATCH_KEY = "search/reduced_batch_size"
 
 
 def ax_metric_name(metric: str) -> str:
@@ -347,9 +358,28 @@ class AxSearcher(Searcher):
             return
         attached = self._attach(index, result)
         if self._folder is not None:
+            self._note_retry(index, result)
             self._folder.trial_result(index, _scalars(result))
         if attached:
             self._changed()
+
+    def _note_retry(self, index: int, result: Mapping[str, Any]) -> None:
+        """Record a retry the trial made inside its worker (out of memory: a smaller batch)."""
+        reason = result.get(RETRY_KEY)
+        if not reason or self._folder is None:
+            return
+        rec = self._folder.trials.get(index, {})
+        if rec.get("reduced_batch_size") == result.get(BATCH_KEY) and reason in str(
+            rec.get("retry_reason") or ""
+        ):
+            return
+        notes = [n for n in str(rec.get("retry_reason") or "").split("; ") if n]
+        self._folder.trial_note(
+            index,
+            retries=int(rec.get("retries") or 0) + 1,
+            retry_reason="; ".join([*notes, str(reason)]),
+            reduced_batch_size=plain(result.get(BATCH_KEY)),
+        )
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -362,15 +392,40 @@ class AxSearcher(Searcher):
         timing = {"trainable_s": round(float(trainable_s), 4)} if _finite(trainable_s) else {}
         objective = self._space.objective
         value = result.get(objective.metric)
+        if self._folder is not None:
+            self._note_retry(index, result)
+        outcome = result.get(OUTCOME_KEY) if result.get(FINAL_KEY) else None
+        reason = str(result.get(REASON_KEY) or "")
+        stop_reason = None
         with quiet_ax():
             if error:
                 self._client.mark_trial_failed(index, failed_reason="the trial raised an exception")
                 status, metrics = "failed", None
                 value = None
+            elif outcome == "early_stopped":
+                # the trial stopped itself (its loss diverged): the last good epoch's
+                # score is a truncated one, never final; no score at all -> failed
+                self._attach(index, result)
+                if index in self._attached:
+                    self._client.mark_trial_early_stopped(index)
+                    status, metrics, value = "early_stopped", _scalars(result), None
+                    stop_reason = reason or "the trial stopped itself"
+                else:
+                    self._client.mark_trial_failed(index, failed_reason=reason)
+                    status, metrics, value = "failed", _scalars(result), None
+                    if self._folder is not None:
+                        self._folder.trial_note(index, error=reason)
+            elif outcome == "failed":
+                self._client.mark_trial_failed(index, failed_reason=reason)
+                status, metrics, value = "failed", _scalars(result), None
+                if self._folder is not None:
+                    self._folder.trial_note(index, error=reason or "the trial failed")
             elif result.get(FINAL_KEY):
                 data = self._data(result)
                 if ax_metric_name(objective.metric) not in data:
                     reason = f"the trial returned no finite '{objective.metric}'"
+                    if result.get(NONFINITE_KEY):
+                        reason += f" ({result[NONFINITE_KEY]})"
                     self._client.mark_trial_failed(index, failed_reason=reason)
                     status, metrics, value = "failed", _scalars(result), None
                     if self._folder is not None:
@@ -400,9 +455,14 @@ class AxSearcher(Searcher):
                 else:
                     self._client.mark_trial_abandoned(index)
                 status, metrics, value = "early_stopped", _scalars(result), None
+                stop_reason = f"stopped by the {self._space.budget.scheduler} scheduler" + (
+                    f" after epoch {step}" if step is not None else ""
+                )
         if self._proposer is not None:
             self._proposer.observe(self._tokens.pop(index, None), value if _finite(value) else None)
         if self._folder is not None:
+            if stop_reason:
+                timing["stop_reason"] = stop_reason
             self._folder.trial_finished(index, status, metrics=metrics, **timing)
         self._changed()
 
@@ -542,7 +602,7 @@ def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
     }
     out = {}
     for k, v in result.items():
-        if k in skip or k.startswith("config/"):
+        if k in skip or k.startswith(("config/", "search/")):
             continue
         if _finite(v) or isinstance(v, str):
             out[k] = plain(v)
