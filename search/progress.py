@@ -96,6 +96,8 @@ class Progress:
             ):
                 self._printed.add(row["trial"])
                 extra = f" error: {row['error']}" if row.get("error") else ""
+                if row.get("stop_reason"):
+                    extra += f" ({row['stop_reason']})"
                 self.console.print(
                     f"trial {row['trial']:>3} {row['status']:<13} {metric}={_fmt(row.get(metric))} "
                     f"epochs={row.get('epochs')} {_fmt(row.get('duration_s'))}s{extra}",
