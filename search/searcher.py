@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from search.experiment import ExperimentFolder
 
 log = logging.getLogger(__name__)
+# Seconds between Ax state saves caused by intermediate results alone (see on_trial_result).
+PROGRESSION_SAVE_S = 30.0
 
 #: the key of the trial config (and results) that carries the Ax trial index
 INDEX_KEY = "ax_trial_index"
@@ -306,6 +308,7 @@ class AxSearcher(Searcher):
         self._proposer = proposer
         self._tokens: dict[int, Any] = {}
         self._on_change = on_change
+        self._saved_at = time.monotonic()
         self._stopped = stopped if stopped is not None else set()
         self._live: dict[str, int] = {}
         self._params: dict[int, dict[str, Any]] = {}
@@ -361,7 +364,12 @@ class AxSearcher(Searcher):
             self._note_retry(index, result)
             self._folder.trial_result(index, _scalars(result))
         if attached:
-            self._changed()
+            # A progression alone need not reach the disk at once: a trial running when
+            # the driver stops is run again on resume (from its checkpoint) and reports
+            # again. Saving the whole Ax state costs more the longer the search runs, so
+            # progressions are saved with the next proposal or completion, or after
+            # PROGRESSION_SAVE_S.
+            self._changed(save=time.monotonic() - self._saved_at >= PROGRESSION_SAVE_S)
 
     def _note_retry(self, index: int, result: Mapping[str, Any]) -> None:
         """Record a retry the trial made inside its worker (out of memory: a smaller batch)."""
@@ -559,9 +567,10 @@ class AxSearcher(Searcher):
         self._attached[index] = step
         return True
 
-    def _changed(self) -> None:
-        if self._folder is not None:
+    def _changed(self, *, save: bool = True) -> None:
+        if self._folder is not None and save:
             self._folder.save_ax(self._client)
+            self._saved_at = time.monotonic()
         if self._on_change is not None:
             self._on_change()
 
