@@ -12,7 +12,8 @@ Prints markdown tables:
    every step, 16-bit store) of the same files; target: at most 2x;
 3. knee localisation on the knee images (frontal, lateral, all): mean IoU against
    the phantom's boxes, failure rate (IoU < 0.5 or a missed knee), bilateral
-   images split into the right knees, laterality right, centre-crop fallbacks.
+   images split into the right knees, laterality right, centre-crop fallbacks; and
+   the boxes of the crop-first path the cache build uses, over every knee image.
 
 Targets (issue 3): warm cache >= 100x faster than cold; cold chain within 2x of
 bare decode for every transfer syntax; mean IoU >= 0.85 with < 2% failures.
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         t_chain_mem = best_of(
             args.repeats, lambda: [preprocess(read_radiograph(f), config) for f in files]
         )
+        from pipeline.preprocess.cropfirst import preprocess_file
+
+        t_crop_first = best_of(args.repeats, lambda: [preprocess_file(f, config) for f in files])
 
         # 3. the cache: cold with 1 and N processes, then warm
         def cold(workers: int, subset: list[Path]) -> float:
@@ -167,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += [
             ["all steps (decoded input)", ips(t_steps), f"{1000 * t_steps / n:.2f}"],
             ["decode + chain, in memory", ips(t_chain_mem), f"{1000 * t_chain_mem / n:.2f}"],
+            [
+                "decode + chain crop-first, in memory",
+                ips(t_crop_first),
+                f"{1000 * t_crop_first / n:.2f}",
+            ],
             ["cold cache build, 1 process", ips(t_cold1), f"{1000 * t_cold1 / n:.2f}"],
             [
                 f"cold cache build, {args.workers} processes",
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             decode_s=t_decode,
             steps_s=per_step,
             chain_mem_s=t_chain_mem,
+            crop_first_mem_s=t_crop_first,
             cold_1_s=t_cold1,
             cold_n_s=t_coldn,
             warm_s=t_warm,
@@ -242,7 +252,22 @@ def main(argv: list[str] | None = None) -> int:
             / knees,
             "fallbacks": sum(r["fallbacks"] for r in by_view.values()),
         }
-        figures["localization"] = {**by_view, "all": combined}
+        # the boxes the cache stores (crop-first), against the same truth
+        from pipeline.preprocess.localizer_train import load_truth, match_knees
+
+        cf_ious: list[float] = []
+        for v in ("ap", "lat"):
+            for t in load_truth(data, view=v):
+                crops, _ = preprocess_file(data / t.file, config)
+                cf_ious += match_knees(t.knees, [(c.laterality, c.box) for c in crops])
+        crop_first = {
+            "images": combined["images"],
+            "knees": len(cf_ious),
+            "mean_iou": sum(cf_ious) / len(cf_ious),
+            "median_iou": sorted(cf_ious)[len(cf_ious) // 2],
+            "failure_rate": sum(i < 0.5 for i in cf_ious) / len(cf_ious),
+        }
+        figures["localization"] = {**by_view, "all": combined, "crop_first": crop_first}
         rows = []
         for name, r in (
             ("frontal (AP)", by_view["ap"]),
@@ -262,6 +287,20 @@ def main(argv: list[str] | None = None) -> int:
                     str(r["fallbacks"]),
                 ]
             )
+        r = crop_first
+        rows.append(
+            [
+                "all, crop-first (cache build)",
+                str(r["images"]),
+                str(r["knees"]),
+                f"{r['mean_iou']:.3f}",
+                f"{r['median_iou']:.3f}",
+                f"{100 * r['failure_rate']:.1f}%",
+                "-",
+                "-",
+                "-",
+            ]
+        )
         quality = table(
             f"Knee localisation against the phantom's boxes ({n} images)",
             [

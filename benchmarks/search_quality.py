@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pipeline", metavar="SPACE", help="compare on the real pipeline with this space"
     )
+    parser.add_argument(
+        "--epochs", type=int, help="with --pipeline: epochs per trial (default: the space's)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the experiment folders here")
     parser.add_argument("--json", type=Path, help="write the raw records as JSON (after every run)")
     parser.add_argument(
@@ -287,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     trials=args.trials,
                     concurrency=concurrency,
                     algorithm=algorithm,
+                    epochs=args.epochs,
                     wandb="disabled",
                     name=f"{base.name}-{algorithm}-s{seed}",
                 )

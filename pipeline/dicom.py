@@ -92,6 +92,7 @@ __all__ = [
     "NotDicomError",
     "NotGreyscaleError",
     "Radiograph",
+    "RawRadiograph",
     "ScanResult",
     "SkippedFile",
     "UnreadableFileError",
@@ -104,6 +105,7 @@ __all__ = [
     "read_dataset",
     "read_meta",
     "read_radiograph",
+    "read_raw",
     "scan_folder",
     "write_skipped_csv",
 ]
@@ -854,7 +856,42 @@ def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = 
     greyscale image. ``salt`` keys the pseudonyms in ``meta`` (default: :func:`pipeline.deid.resolve_salt`).
     """
     path = Path(path)
-    ds = read_dataset(path)
+    ds = read_dataset(path)  # parsed here, not deeper: a deep file fails as it always did
+    r = _raw_of(ds, path, salt)
+    return Radiograph(image=r.grey(r.raw), meta=r.meta, path=path)  # (H, W) float32
+
+
+@dataclass(frozen=True, eq=False)
+class RawRadiograph:
+    """A decoded radiograph before its grey-level chain: what :func:`read_raw` returns.
+
+    ``grey(x)`` runs the chain on any array of stored values (the whole ``raw``, a
+    region of it, or a downsampled copy), so a caller can run it on the pixels it
+    keeps only. ``read_radiograph(path).image == raw.grey(raw.raw)``.
+    """
+
+    raw: np.ndarray  # (H, W) stored values as decoded (may be a read-only view)
+    chain: GreyLevelChain
+    mask_unused_bits: bool  # whether the decoder may leave bits above Bits Stored
+    meta: dict[str, Any]
+    path: Path
+
+    def grey(self, x: np.ndarray) -> np.ndarray:
+        """The grey-level chain on stored values ``x``: float32 in [0, 1], bone bright."""
+        return self.chain.apply(x, mask_unused_bits=self.mask_unused_bits)
+
+
+def read_raw(path: str | os.PathLike[str], *, salt: str | bytes | None = None) -> RawRadiograph:
+    """Decode one radiograph's stored values without running the grey-level chain.
+
+    Every check of :func:`read_radiograph` applies (it is this plus the chain).
+    """
+    path = Path(path)
+    return _raw_of(read_dataset(path), path, salt)
+
+
+def _raw_of(ds: Dataset, path: Path, salt: str | bytes | None) -> RawRadiograph:
+    """The checks, grey-level chain and decoding shared by :func:`read_radiograph` and :func:`read_raw`."""
     with _header_values(path):
         _check_image(ds, path)
     try:
@@ -872,8 +909,13 @@ def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = 
             path, f"decoded pixel array has shape {raw.shape}, not ({rows}, {cols})"
         )
     ts = _transfer_syntax(ds, path)
-    image = chain.apply(raw, mask_unused_bits=ts not in _NO_MASK_SYNTAXES)  # (H, W) float32
-    return Radiograph(image=image, meta=_meta(ds, path, resolve_salt(salt)), path=path)
+    return RawRadiograph(
+        raw=raw,
+        chain=chain,
+        mask_unused_bits=ts not in _NO_MASK_SYNTAXES,
+        meta=_meta(ds, path, resolve_salt(salt)),
+        path=path,
+    )
 
 
 def read_meta(path: str | os.PathLike[str], *, salt: str | bytes | None = None) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from filelock import FileLock
 from pipeline.io import atomic_write_json, cache_home, content_hash
 from pipeline.preprocess.chain import RadiographLike, preprocess
 from pipeline.preprocess.config import PREPROCESS_VERSION, PreprocessConfig
+from pipeline.preprocess.cropfirst import preprocess_file
 
 Reader = Callable[..., RadiographLike]
 
@@ -272,12 +273,6 @@ class _Store:
 # --------------------------------------------------------------------------- one file
 
 
-def _default_reader() -> Reader:
-    from pipeline.dicom import read_radiograph
-
-    return read_radiograph
-
-
 def _default_meta_reader() -> Callable[..., dict[str, Any]]:
     from pipeline.dicom import read_meta
 
@@ -309,10 +304,12 @@ def _process(
             with store.lock(sha):
                 sidecar = store.read_sidecar(sha)  # built by another process meanwhile?
                 if sidecar is None:
-                    read = reader or _default_reader()
-                    radiograph = read(path, salt=salt)
-                    crops = preprocess(radiograph, config)
-                    sidecar = store.write_entry(sha, crops, radiograph.meta, sid)
+                    if reader is None:  # decode once, preprocess crop-first
+                        crops, meta = preprocess_file(path, config, salt=salt)
+                    else:
+                        radiograph = reader(path, salt=salt)
+                        crops, meta = preprocess(radiograph, config), radiograph.meta
+                    sidecar = store.write_entry(sha, crops, meta, sid)
                     how = "built"
         if sidecar.get("salt_id") != sid:  # pseudonyms from another salt: refresh the meta only
             meta = _default_meta_reader()(path, salt=salt)

@@ -33,7 +33,10 @@ from pipeline.preprocess.steps import STEPS
 from pipeline.registry import UnknownNameError, unknown_name_message
 
 #: Bumped whenever a step's output changes for the same parameters (invalidates caches).
-PREPROCESS_VERSION = 3  # 3: two-stage area resizes of images of 1 megapixel or more
+PREPROCESS_VERSION = 4
+# 3: two-stage area resizes of images of 1 megapixel or more
+# 4: crop-first cache builds (pipeline.preprocess.cropfirst): clean and localize on
+#    chain(downsample(raw)), the grey-level chain and windowing on the averaged crops only
 
 #: Trial configuration keys that map to preprocessing, with their defaults.
 TRIAL_DEFAULTS: dict[str, Any] = {

@@ -328,6 +328,17 @@ class KneeLocalizer:
         lo, med, hi = (s * h for s in self.size_frac)
         return lo / 1.15, med, hi * 1.15  # the height varies more than the physical size
 
+    def scan_scale(
+        self, shape: tuple[int, int], spacing_mm: tuple[float, float] | None = None
+    ) -> float:
+        """The scale (<= 1) at which :meth:`detect` scans an image of ``shape``.
+
+        The smallest expected knee window is then 64 pixels (plus 5%): an image
+        given at this scale (with ``spacing_mm`` scaled to match) is scanned as is.
+        """
+        lo, _, _ = self.expected_side(shape, spacing_mm)
+        return min(1.0, WIN / (lo * self.context) * 1.05)
+
     def _scan(
         self,
         pyr: _Pyramid,

@@ -349,25 +349,113 @@ def clean_background(
     h, w = image.shape
     src = image.astype(np.float32, copy=False)
     small, _ = _analysis_copy(src, analysis_size)
-    sh, sw = small.shape
-    fx, fy = sw / w, sh / h  # analysis pixels per image pixel
+    a = analyse_background(
+        small,
+        flat_tol=flat_tol,
+        edge_step=edge_step,
+        mark_contrast=mark_contrast,
+        background=background,
+        keep_fraction=keep_fraction,
+        margin=margin,
+    )
+    if a.anatomy is None:  # nothing to cut: the image with its marks filled
+        out = src.copy()
+        a.fill_marks(out, (w, h), 0, 0)
+        return CleanResult(out, (0, 0, w, h), np.ones((h, w), bool), a.removed, a.small)
+    x0, y0, x1, y1 = a.region((w, h))
+    keep_mask = a.mask_on((w, h), x0, y0, x1, y1)  # (y1 - y0, x1 - x0) uint8
+    out = src[y0:y1, x0:x1] * keep_mask  # float32 copy, 0 outside the anatomy
+    a.fill_marks(out, (w, h), x0, y0)
+    anatomy_mask = keep_mask.view(bool)  # 0/1 uint8: a bool view, no copy
+    return CleanResult(out, (x0, y0, x1, y1), anatomy_mask, a.removed, a.preview((w, h)))
 
-    def to_region(mask: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        """An analysis-resolution uint8 mask on the image pixels [y0:y1, x0:x1] (nearest)."""
-        m = np.float32([[fx, 0, (x0 + 0.5) * fx - 0.5], [0, fy, (y0 + 0.5) * fy - 0.5]])
+
+@dataclass(frozen=True)
+class BackgroundAnalysis:
+    """What :func:`analyse_background` found on an analysis copy, and how to map it.
+
+    Every method takes the full image's ``size`` = (width, height): the analysis copy
+    shows the same field of view, so its masks and boxes map to any resolution.
+    """
+
+    small: np.ndarray  # float32 (sh, sw): the analysis copy with its marks filled
+    marks: list[tuple[np.ndarray, float]]  # (bool mask (sh, sw), fill value) per mark
+    anatomy: np.ndarray | None  # uint8 (sh, sw) 0/1; None: keep the whole image
+    removed: int  # marks + debris removed
+
+    def _scale(self, size: tuple[int, int]) -> tuple[float, float]:
+        sh, sw = self.small.shape
+        return sw / size[0], sh / size[1]  # analysis pixels per image pixel
+
+    def region(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The anatomy's bounding box (x0, y0, x1, y1) in image pixels, rounded outwards."""
+        w, h = size
+        if self.anatomy is None:
+            return (0, 0, w, h)
+        fx, fy = self._scale(size)
+        ys, xs = np.nonzero(self.anatomy)
+        x0, x1 = max(0, math.floor(xs.min() / fx)), min(w, math.ceil((xs.max() + 1) / fx))
+        y0, y1 = max(0, math.floor(ys.min() / fy)), min(h, math.ceil((ys.max() + 1) / fy))
+        return x0, y0, x1, y1
+
+    def mask_on(
+        self,
+        size: tuple[int, int],
+        x0: int,
+        y0: int,
+        x1: int,
+        y1: int,
+        mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """An analysis mask (default: the anatomy) on the image pixels [y0:y1, x0:x1] (nearest).
+
+        uint8 (y1 - y0, x1 - x0) for an image of ``size`` = (width, height).
+        """
+        return self.mask_box(size, (x0, y0, x1, y1), (y1 - y0, x1 - x0), mask)
+
+    def mask_box(
+        self,
+        size: tuple[float, float],
+        box: tuple[float, float, float, float],
+        shape: tuple[int, int],
+        mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """An analysis mask sampled (nearest) on a ``shape`` = (rows, cols) grid over ``box``.
+
+        ``box`` = (x0, y0, x1, y1) in pixels of an image of ``size`` (any resolution of
+        the same field of view); returns uint8 ``shape``.
+        """
+        fx, fy = self._scale(size)
+        x0, y0, x1, y1 = box
+        kx, ky = (x1 - x0) / shape[1], (y1 - y0) / shape[0]  # image pixels per output pixel
+        if mask is None:
+            mask = self.anatomy if self.anatomy is not None else np.ones(self.small.shape, np.uint8)
+        m = np.float32(
+            [[fx * kx, 0, (x0 + 0.5 * kx) * fx - 0.5], [0, fy * ky, (y0 + 0.5 * ky) * fy - 0.5]]
+        )
         flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
-        return cv2.warpAffine(mask, m, (x1 - x0, y1 - y0), flags=flags, borderValue=0)
+        return cv2.warpAffine(mask, m, (shape[1], shape[0]), flags=flags, borderValue=0)
 
-    marks = find_marks(small, contrast=mark_contrast)
-    if marks:
-        small = small.copy()
-        for mask, fill in marks:
-            small[mask] = fill
+    def paint(
+        self, out: np.ndarray, size: tuple[float, float], box: tuple[float, float, float, float]
+    ) -> np.ndarray:
+        """Blank ``out`` (float32 pixels over ``box``) outside the anatomy and fill its marks.
 
-    def fill_marks(out: np.ndarray, x0: int, y0: int) -> None:
-        """Fill the marks at full resolution, only inside their boxes."""
+        The crop-first path's version of step 4, for a region at any resolution.
+        """
+        if self.anatomy is not None:
+            out *= self.mask_box(size, box, out.shape)
+        for mask, fill in self.marks:
+            grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
+            sub = self.mask_box(size, box, out.shape, grown)
+            out[(sub > 0) & (out > 0)] = fill
+        return out
+
+    def fill_marks(self, out: np.ndarray, size: tuple[int, int], x0: int, y0: int) -> None:
+        """Fill the marks in ``out`` (image pixels from (x0, y0) on), only inside their boxes."""
+        fx, fy = self._scale(size)
         oh, ow = out.shape
-        for mask, fill in marks:
+        for mask, fill in self.marks:
             ys, xs = np.nonzero(mask)
             bx0 = max(x0, math.floor((xs.min() - 1) / fx))
             by0 = max(y0, math.floor((ys.min() - 1) / fy))
@@ -375,21 +463,48 @@ def clean_background(
             by1 = min(y0 + oh, math.ceil((ys.max() + 2) / fy))
             if bx1 <= bx0 or by1 <= by0:
                 continue
-            sub = to_region(
-                cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)), bx0, by0, bx1, by1
-            )
+            grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
+            sub = self.mask_on(size, bx0, by0, bx1, by1, grown)
             view = out[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
             view[(sub > 0) & (view > 0)] = fill
 
-    def whole() -> CleanResult:  # nothing to cut: the image with its marks filled
-        out = src.copy()
-        fill_marks(out, 0, 0)
-        return CleanResult(out, (0, 0, w, h), np.ones((h, w), bool), len(marks), small)
+    def preview(self, size: tuple[int, int]) -> np.ndarray:
+        """float32: the cleaned analysis copy cut to :meth:`region` (the localizer's preview)."""
+        if self.anatomy is None:
+            return self.small
+        fx, fy = self._scale(size)
+        x0, y0, x1, y1 = self.region(size)
+        ax0, ay0 = round(x0 * fx), round(y0 * fy)
+        ax1, ay1 = max(ax0 + 1, round(x1 * fx)), max(ay0 + 1, round(y1 * fy))
+        return (self.small * self.anatomy)[ay0:ay1, ax0:ax1]
+
+
+def analyse_background(
+    small: np.ndarray,
+    *,
+    flat_tol: float = 0.04,
+    edge_step: float = 0.1,
+    mark_contrast: float = 0.3,
+    background: float | None = None,
+    keep_fraction: float = 0.15,
+    margin: float = 0.02,
+) -> BackgroundAnalysis:
+    """Steps 1-3 of :func:`clean_background` on a small float32 copy of the image.
+
+    Finds the marks, the blank borders and the anatomy mask at the copy's resolution;
+    nothing at full resolution is touched (see :class:`BackgroundAnalysis`).
+    """
+    sh, sw = small.shape
+    marks = find_marks(small, contrast=mark_contrast)
+    if marks:
+        small = small.copy()
+        for mask, fill in marks:
+            small[mask] = fill
 
     blank = blank_border_regions(small, tol=flat_tol, step=edge_step)
     live = small[~blank]
     if live.size < 0.01 * small.size:  # nothing but border: a blank image, keep it whole
-        return whole()
+        return BackgroundAnalysis(small, marks, None, len(marks))
 
     thr = background if background is not None else 0.5 * _otsu(live)
     fg = ((small > thr) & ~blank).astype(np.uint8)
@@ -397,7 +512,7 @@ def clean_background(
     _n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     if areas.size == 0:  # nothing above the background: keep it whole
-        return whole()
+        return BackgroundAnalysis(small, marks, None, len(marks))
     keep = np.flatnonzero(areas >= keep_fraction * areas.max()) + 1
     debris = int(areas.size - keep.size)
     lut = np.zeros(areas.size + 1, np.uint8)
@@ -406,20 +521,9 @@ def clean_background(
     grow = np.ones((_odd(2 * margin * max(sh, sw)),) * 2, np.uint8)
     anatomy = cv2.dilate(cv2.morphologyEx(anatomy, cv2.MORPH_CLOSE, grow), grow)
     anatomy[blank] = 0
-
-    ys, xs = np.nonzero(anatomy)
-    # The anatomy's bounding box at full resolution, rounded outwards; only this
-    # region is copied and masked (the full-resolution work is one region's worth).
-    x0, x1 = max(0, math.floor(xs.min() / fx)), min(w, math.ceil((xs.max() + 1) / fx))
-    y0, y1 = max(0, math.floor(ys.min() / fy)), min(h, math.ceil((ys.max() + 1) / fy))
-    keep_mask = to_region(anatomy, x0, y0, x1, y1)  # (y1 - y0, x1 - x0) uint8
-    out = src[y0:y1, x0:x1] * keep_mask  # float32 copy, 0 outside the anatomy
-    fill_marks(out, x0, y0)
-    ax0, ay0 = round(x0 * fx), round(y0 * fy)
-    ax1, ay1 = max(ax0 + 1, round(x1 * fx)), max(ay0 + 1, round(y1 * fy))
-    preview = (small * anatomy)[ay0:ay1, ax0:ax1]
-    anatomy_mask = keep_mask.view(bool)  # 0/1 uint8: a bool view, no copy
-    return CleanResult(out, (x0, y0, x1, y1), anatomy_mask, len(marks) + debris, preview)
+    if not anatomy.any():  # grown and closed, then blanked away: keep it whole
+        return BackgroundAnalysis(small, marks, None, len(marks))
+    return BackgroundAnalysis(small, marks, anatomy, len(marks) + debris)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -736,6 +840,18 @@ class LocalizeParams:
         )
 
 
+def knee_crop_box(
+    box: tuple[float, float, float, float], p: LocalizeParams
+) -> tuple[float, float, float, float]:
+    """The region cut around a detected knee box: scaled by ``context``, squared if asked."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    bw, bh = (x1 - x0) * p.context, (y1 - y0) * p.context
+    if p.square:
+        bw = bh = max(bw, bh)
+    return (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+
+
 def _crop_with_fill(work: Work, box: tuple[float, float, float, float]) -> Work:
     """Crop the current-pixel box, filling the part outside the image with 0."""
     h, w = work.image.shape
@@ -779,12 +895,7 @@ def localize_step(work: Work, p: LocalizeParams) -> list[Work]:
                 stacklevel=2,
             )
         x0, y0, x1, y1 = k.box
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        bw, bh = (x1 - x0) * p.context, (y1 - y0) * p.context
-        if p.square:
-            bw = bh = max(bw, bh)
-        crop_box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
-        item = _crop_with_fill(work, crop_box)
+        item = _crop_with_fill(work, knee_crop_box(k.box, p))
         out.append(
             replace(
                 item,
@@ -800,15 +911,18 @@ def localize_step(work: Work, p: LocalizeParams) -> list[Work]:
 __all__ = [
     "STEPS",
     "TWO_STAGE_PIXELS",
+    "BackgroundAnalysis",
     "CleanResult",
     "PreprocessWarning",
     "StepSpec",
     "Work",
+    "analyse_background",
     "area_resize",
     "clahe",
     "clahe_levels",
     "clahe_opencv",
     "clean_background",
+    "knee_crop_box",
     "pad_to_square",
     "percentile_window",
     "percentiles",
