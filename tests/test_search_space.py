@@ -44,8 +44,12 @@ def test_fixmatch_space_fits_the_cpu_budget():
     space = load_space(Path(__file__).resolve().parents[1] / "spaces" / "fixmatch.yaml")
     b = space.budget
     assert b.trials >= 8 and b.concurrency == 2 and b.cpus_per_trial == 1 and b.threads == 1
-    assert b.gpus_per_trial == 0 and b.epochs is not None and b.epochs <= 5
-    assert space.parameters.fixed["image_size"] == 64
+    assert b.gpus_per_trial == 0 and b.epochs is not None
+    fixed = space.parameters.fixed
+    assert fixed["image_size"] == 64
+    # labeled images per full trial: the shipped budget (8 x 30 x 32) ran the whole demo,
+    # phantom included, in about 10 minutes on 2 cores; more would break the 15 minutes
+    assert b.epochs * fixed["steps_per_epoch"] * fixed["batch_size"] <= 8 * 30 * 32
     names = {p.name for p in space.parameters.searched}
     assert {
         "backbone",
