@@ -92,15 +92,7 @@ def promote(
     out = Path(out_dir) if out_dir is not None else folder.final_dir
     out.mkdir(parents=True, exist_ok=True)
     run_final = run_final or default_run_final()
-    mode = wandb_mode or space.tracking.resolved_mode()
-    setup = TrackingSetup(
-        mode=mode,
-        project=space.tracking.project,
-        entity=space.tracking.entity,
-        group=folder.name,
-        root=str(folder.path),
-        log_images=space.tracking.log_images,
-    )
+    setup = TrackingSetup.for_experiment(space.tracking, folder.name, folder.path, mode=wandb_mode)
     say = echo or (lambda _msg: None)
     with folder.locked():  # a resume must not run beside the final run
         run = TrialRun(

@@ -975,15 +975,7 @@ def _execute(
                 base["cache_dir"] = (
                     _default_cache_dir()
                 )  # shared by every trial: one preprocessing cache
-            mode = space.tracking.resolved_mode()
-            tracking = TrackingSetup(
-                mode=mode,
-                project=space.tracking.project,
-                entity=space.tracking.entity,
-                group=folder.name,
-                root=str(folder.path),
-                log_images=space.tracking.log_images,
-            )
+            tracking = TrackingSetup.for_experiment(space.tracking, folder.name, folder.path)
             resume_from = {
                 i: str(folder.trials[i]["checkpoint"])
                 for i in rerun
@@ -1079,17 +1071,9 @@ def _execute(
 
 
 def _summary_run(folder: ExperimentFolder, space: SpaceConfig) -> None:
-    mode = space.tracking.resolved_mode()
-    if mode == "disabled":
+    setup = TrackingSetup.for_experiment(space.tracking, folder.name, folder.path)
+    if not setup.enabled:
         return
-    setup = TrackingSetup(
-        mode=mode,
-        project=space.tracking.project,
-        entity=space.tracking.entity,
-        group=folder.name,
-        root=str(folder.path),
-        log_images=space.tracking.log_images,
-    )
     report = folder.path / "report.html"
     try:
         from search.report import write_report

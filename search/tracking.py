@@ -45,6 +45,21 @@ class TrackingSetup:
     def enabled(self) -> bool:
         return self.mode in ("online", "offline")
 
+    @classmethod
+    def for_experiment(
+        cls, tracking: Any, name: str, path: str | os.PathLike[str], *, mode: str | None = None
+    ) -> TrackingSetup:
+        """The setup of one experiment: the space's ``tracking`` section, grouped by the
+        experiment's name, offline runs under its folder; ``mode`` overrides the space's."""
+        return cls(
+            mode=mode or tracking.resolved_mode(),
+            project=tracking.project,
+            entity=tracking.entity,
+            group=name,
+            root=str(path),
+            log_images=tracking.log_images,
+        )
+
 
 def _settings() -> Any:
     import wandb
