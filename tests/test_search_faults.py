@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_trial import TINY  # the tiny trial of the trial tests
 
 from search.experiment import ExperimentDiskFull, ExperimentFolder, ExperimentLocked
 from search.runner import (
@@ -434,16 +435,6 @@ def test_resume_after_ten_kills_at_random_moments(tmp_path):
 # ------------------------------------------------------------------------------------------
 # The real trial entry point keeps the causes the worker looks for
 # ------------------------------------------------------------------------------------------
-TINY = {
-    "backbone": "test_resnet",
-    "image_size": 32,
-    "epochs": 2,
-    "batch_size": 8,
-    "threads": 1,
-    "localize": False,
-    "val_fraction": 0.25,
-    "test_fraction": 0.25,
-}
 
 
 def test_run_trial_stops_at_a_diverged_report_and_keeps_oom_as_the_cause(
