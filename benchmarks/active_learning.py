@@ -39,6 +39,40 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def progress(r) -> None:
+    """One line per round on stderr (module level: worker processes print it too)."""
+    print(
+        f"  seed {r.seed} {r.strategy:>14} round {r.round}: {r.labels} labels "
+        f"({r.positives} fractured), test AUROC {r.test_auroc:.3f}, {r.seconds:.1f}s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _one_seed(config):
+    from pipeline.active.simulate import simulate
+
+    return simulate(config, progress=progress)
+
+
+def run_seeds(config, workers: int) -> list:
+    """Every seed of ``config``, ``workers`` seeds at a time in spawned processes; the
+    rows come back in seed order, as one process would give them."""
+    import dataclasses
+
+    from pipeline.active.simulate import prepare_simulation, simulate
+
+    if workers <= 1 or len(config.seeds) == 1:
+        return simulate(config, progress=progress)
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    prepare_simulation(config)  # generate and preprocess once, before the workers start
+    parts = [dataclasses.replace(config, seeds=(s,)) for s in config.seeds]
+    with ProcessPoolExecutor(min(workers, len(parts)), mp_context=get_context("spawn")) as ex:
+        return [row for rows in ex.map(_one_seed, parts) for row in rows]
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     from pipeline.active.simulate import DEFAULT_STRATEGIES
 
@@ -67,6 +101,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--method", default="supervised")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadiest here)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes running seeds side by side (1)"
+    )
     p.add_argument("--cache", type=Path, help="cache folder (default $RADSEARCH_CACHE)")
     p.add_argument("--out", type=Path, help="CSV of every round")
     return p.parse_args(argv)
@@ -79,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         SimulationConfig,
         labels_to_reach,
         learning_curves,
-        simulate,
         write_rows,
     )
 
@@ -114,16 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         phantom_fracture_rate=args.fracture_rate,
     )
     t0 = time.perf_counter()
-
-    def progress(r) -> None:
-        print(
-            f"  seed {r.seed} {r.strategy:>8} round {r.round}: {r.labels} labels "
-            f"({r.positives} fractured), test AUROC {r.test_auroc:.3f}, {r.seconds:.1f}s",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    rows = simulate(config, progress=progress)
+    rows = run_seeds(config, args.workers)
     seconds = time.perf_counter() - t0
     if args.out is not None:
         write_rows(rows, args.out)

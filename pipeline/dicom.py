@@ -39,10 +39,12 @@ import csv
 import functools
 import io
 import math
+import mmap
 import os
 import re
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -51,6 +53,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -239,7 +242,8 @@ def decode_pixels(ds: Dataset, path: str | os.PathLike[str]) -> tuple[np.ndarray
     Returns the raw stored values (any shape pydicom gives: 2-D, colour, multi-frame)
     and the name of the plugin that decoded them ("" for uncompressed data). Bits
     above Bits Stored are left as found for the grey-level table to mask, and native
-    data is a read-only view on the file's bytes when possible (no copy).
+    data is a read-only view, never a copy: on the file itself when ``ds`` was parsed
+    with its pixel data deferred (:func:`_mapped_native`), else on the parsed bytes.
     """
     path = Path(path)
     _pixel_description(ds, path)
@@ -257,6 +261,9 @@ def decode_pixels(ds: Dataset, path: str | os.PathLike[str]) -> tuple[np.ndarray
             path, f"no installed decoder for {ts.name} ({ts}): {hint}"
         )
     _check_native_length(ds, ts, path)
+    mapped = _mapped_native(ds, path, ts)
+    if mapped is not None:
+        return mapped, ""
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:  # a bare data set: pydicom needs it
         ds.file_meta = meta = meta if meta is not None else FileMetaDataset()
@@ -324,12 +331,65 @@ def _check_native_length(ds: Dataset, ts: UID, path: Path) -> None:
     expected = math.ceil(rows * cols * frames * samples * bits / 8)
     if ds.get("PhotometricInterpretation", "") == "YBR_FULL_422":
         expected = expected // 3 * 2
-    actual = len(ds.PixelData or b"")
+    deferred = _deferred(ds, "PixelData")
+    actual = deferred.length if deferred is not None else len(ds.PixelData or b"")
     if actual < expected:
         raise CorruptDicomError(
             path,
             f"truncated pixel data: {actual} bytes where {rows}x{cols}x{frames} pixels of {bits} bits need {expected}",
         )
+
+
+def _deferred(ds: Dataset, keyword: str) -> RawDataElement | None:
+    """The element ``keyword`` when its value was left in the file (``defer_size``), else None."""
+    elem = ds.get_item(keyword, keep_deferred=True)
+    return elem if _is_deferred(elem) else None
+
+
+def _is_deferred(elem: Any) -> bool:
+    """Whether ``elem`` is a value of known length that pydicom left in the file."""
+    return (
+        isinstance(elem, RawDataElement)
+        and elem.value is None
+        and 0 < elem.length < 0xFFFFFFFF  # (undefined-length values are read, then dropped)
+    )
+
+
+#: Native syntaxes whose pixel data can be mapped from the file as it is stored.
+_MAPPABLE_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+
+
+def _mapped_native(ds: Dataset, path: Path, ts: UID) -> np.ndarray | None:
+    """A single-frame native image's stored values, mapped read-only from the file.
+
+    Applies where ``ds`` was parsed with its pixel data deferred (see
+    :func:`read_dataset`), the syntax is little endian and pixels are 8 or 16 bits,
+    one sample: the usual uncompressed radiograph. The values are never read into a
+    bytes object nor copied; the grey-level chain reads them straight from the page
+    cache (bare pydicom reads the file, then copies the pixels into an array). The
+    mapping lives as long as the array. Returns None where this does not apply.
+    """
+    if ts not in _MAPPABLE_SYNTAXES:
+        return None
+    elem = _deferred(ds, "PixelData")
+    if elem is None or elem.value_tell is None:
+        return None
+    bits = int(ds.BitsAllocated)
+    if bits not in (8, 16) or _optional_int(ds, "SamplesPerPixel", 1) != 1:
+        return None
+    if _number_of_frames(ds, path) != 1:
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    kind = "i" if _optional_int(ds, "PixelRepresentation", 0) == 1 else "u"
+    dtype = np.dtype(f"<{kind}{bits // 8}")
+    try:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return np.frombuffer(
+            mapped, dtype=dtype, count=rows * cols, offset=elem.value_tell
+        ).reshape(rows, cols)
+    except (OSError, ValueError) as e:  # the file changed since it was parsed
+        raise UnreadableFileError(path, f"cannot map the pixel data: {_short(e)}") from e
 
 
 # ---------------------------------------------------------------------------------------
@@ -629,9 +689,30 @@ def _take_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     if index.ndim != 2:
         np.take(table, index, out=out, mode="wrap")
         return out
-    for rows in _row_blocks(index.shape):
-        np.take(table, index[rows], out=out[rows], mode="wrap")
+    blocks = list(_row_blocks(index.shape))
+
+    def take(part: list[slice]) -> None:
+        for rows in part:
+            np.take(table, index[rows], out=out[rows], mode="wrap")
+
+    threads = min(cv2.getNumThreads(), len(blocks)) if index.size >= _THREADED_PIXELS else 1
+    if threads <= 1:
+        take(blocks)
+        return out
+    # numpy's gather releases the GIL: split the rows between threads, as OpenCV does
+    # for the affine path (and as cv2.setNumThreads limits it).
+    step = math.ceil(len(blocks) / threads)
+    list(_executor(threads).map(take, [blocks[i : i + step] for i in range(0, len(blocks), step)]))
     return out
+
+
+#: Images at least this large use several threads for the table lookup.
+_THREADED_PIXELS = 1 << 20
+
+
+@functools.lru_cache(maxsize=4)
+def _executor(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="radsearch-lut")
 
 
 def _lut_from_sequence(ds: Dataset, keyword: str, *, signed_first: bool) -> LookupTable | None:
@@ -787,7 +868,14 @@ def _parse(
         ds.filename = str(path)
         ds.buffer = None
         ds.fileobj_type = open
-        return ds, fp.short_read
+        short = fp.short_read
+        for tag in tuple(ds.keys()):  # (not `in ds`: that reads deferred values back)
+            elem = ds.get_item(tag, keep_deferred=True)
+            if _is_deferred(elem) and elem.value_tell:
+                beyond = elem.value_tell + elem.length - fp.size
+                if beyond > 0 and not short:
+                    short = beyond
+        return ds, short
 
 
 def read_dataset(
@@ -849,6 +937,22 @@ def _looks_like_dataset(ds: Dataset) -> bool:
     )
 
 
+#: Values longer than this stay in the file while an uncompressed radiograph's header
+#: is parsed (pydicom's ``defer_size``); only pixel data and rare large blobs are that long.
+_DEFER_BYTES = 1 << 20
+
+
+def _read_for_pixels(path: Path) -> Dataset:
+    """The data set to decode: an uncompressed file's pixel data stays in the file, to be
+    mapped (:func:`_mapped_native`); anything else is read whole (an encapsulated value
+    would be read to find its end, then read again)."""
+    defer = None
+    with contextlib.suppress(Exception):  # no or broken file meta: read_dataset says why
+        if pydicom.filereader.read_file_meta_info(path).TransferSyntaxUID in _MAPPABLE_SYNTAXES:
+            defer = _DEFER_BYTES
+    return read_dataset(path, defer_size=defer)
+
+
 def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = None) -> Radiograph:
     """Decode one radiograph and run the grey-level chain; see the module docstring.
 
@@ -856,7 +960,7 @@ def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = 
     greyscale image. ``salt`` keys the pseudonyms in ``meta`` (default: :func:`pipeline.deid.resolve_salt`).
     """
     path = Path(path)
-    ds = read_dataset(path)  # parsed here, not deeper: a deep file fails as it always did
+    ds = _read_for_pixels(path)  # parsed here, not deeper: a deep file fails as it always did
     r = _raw_of(ds, path, salt)
     return Radiograph(image=r.grey(r.raw), meta=r.meta, path=path)  # (H, W) float32
 
@@ -887,7 +991,7 @@ def read_raw(path: str | os.PathLike[str], *, salt: str | bytes | None = None) -
     Every check of :func:`read_radiograph` applies (it is this plus the chain).
     """
     path = Path(path)
-    return _raw_of(read_dataset(path), path, salt)
+    return _raw_of(_read_for_pixels(path), path, salt)
 
 
 def _raw_of(ds: Dataset, path: Path, salt: str | bytes | None) -> RawRadiograph:

@@ -19,6 +19,7 @@ from pipeline.active import (
     learning_curves,
     predictive_entropy,
 )
+from pipeline.active.strategies import diverse_uncertain, weighted_kmeans
 from pipeline.registry import UnknownNameError
 
 
@@ -96,6 +97,40 @@ def test_badge_prefers_uncertain_and_diverse_points():
                 assert not {10, 11} <= set(picks.tolist())  # never both duplicates
     # random: 3 * 4/14 = 0.86 uncertain points per batch on average
     assert np.mean(uncertain_picked["badge"]) > np.mean(uncertain_picked["random"]) + 0.4
+
+
+def test_weighted_kmeans_centers_follow_the_weights():
+    x = np.array([[0.0], [10.0]])
+    centers, assign = weighted_kmeans(x, np.array([1.0, 9.0]), 1, rng())
+    assert centers[0, 0] == pytest.approx(9.0) and assign.tolist() == [0, 0]
+    blobs = np.concatenate([np.zeros((5, 2)), np.full((5, 2), 8.0)])
+    _, assign = weighted_kmeans(
+        blobs + rng(1).normal(scale=0.1, size=(10, 2)), np.ones(10), 2, rng()
+    )
+    assert len(set(assign[:5].tolist())) == len(set(assign[5:].tolist())) == 1
+    assert assign[0] != assign[5]
+
+
+def test_entropy_kmeans_takes_one_per_uncertain_cluster():
+    g = rng(3)
+    # 10 uncertain crops in two look-alike groups (group A a little more uncertain than
+    # group B) and 30 confident ones elsewhere
+    group_a = g.normal(scale=0.05, size=(5, 2))
+    group_b = np.array([6.0, 0.0]) + g.normal(scale=0.05, size=(5, 2))
+    sure = np.array([0.0, 6.0]) + g.normal(scale=0.5, size=(30, 2))
+    emb = np.concatenate([group_a, group_b, sure])
+    p_fx = np.concatenate([np.full(5, 0.5), np.full(5, 0.4), np.full(30, 0.01)])
+    probs = np.stack([1 - p_fx, p_fx], axis=1)
+    pool = Pool(probs=probs, embeddings=emb)
+    for seed in range(20):
+        picks = acquire("entropy_kmeans", pool, 2, rng(seed))
+        # one from each group (entropy alone takes two of group A), none confident
+        assert sorted(int(i) // 5 for i in picks.indices) == [0, 1]
+        assert picks.scores[0] >= picks.scores[1]
+    assert set(acquire("entropy", pool, 2, rng()).indices.tolist()) < set(range(5))
+    # beta bounds the candidates: with beta = 1 the batch is the k most uncertain
+    top = diverse_uncertain(predictive_entropy(probs), emb, 2, rng(), beta=1)
+    assert set(top.indices.tolist()) < set(range(5))
 
 
 def test_strategy_errors_say_what_is_missing():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline.dicom import GreyLevelChain, Window
 
@@ -42,3 +43,127 @@ def test_numpy_affine_path_over_many_blocks():
     out = chain.apply(raw, use_lut=False)
     np.testing.assert_allclose(out, chain.values(raw), rtol=0, atol=1e-6)
     assert 0.0 < out.mean() < 1.0 and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_threaded_table_lookup_matches_one_thread():
+    import cv2
+
+    rng = np.random.default_rng(6)
+    chain = GreyLevelChain(
+        bits_stored=12, signed=False, window=Window(center=1800.0, width=1200.0, function="SIGMOID")
+    )
+    raw = rng.integers(0, 1 << 12, size=(1100, 1000), dtype=np.uint16)  # over 1 Mpx: threaded
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        one = chain.apply(raw)
+        cv2.setNumThreads(3)
+        three = chain.apply(raw)
+    finally:
+        cv2.setNumThreads(before)
+    np.testing.assert_array_equal(one, three)
+    np.testing.assert_allclose(three, chain.values(raw), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ mapped native pixel data
+
+
+def _native_file(path, pixels: np.ndarray, *, implicit: bool = False, big_endian: bool = False):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian
+        if implicit
+        else ExplicitVRBigEndian
+        if big_endian
+        else ExplicitVRLittleEndian
+    )
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 8 * pixels.dtype.itemsize
+    ds.BitsStored = 12 if pixels.dtype.itemsize == 2 else 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    order = ">" if big_endian else "<"
+    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(order)).tobytes()
+    ds.save_as(path, enforce_file_format=True, little_endian=not big_endian, implicit_vr=implicit)
+    return path
+
+
+def _mapping_of(array: np.ndarray):
+    import mmap
+
+    base = array
+    while base is not None and not isinstance(base, memoryview):
+        base = base.base
+    return base.obj if isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap) else None
+
+
+@pytest.mark.parametrize(
+    ("dtype", "implicit"),
+    [("<u2", False), ("<i2", False), ("u1", False), ("<u2", True)],
+    ids=["u16", "i16", "u8", "implicit-u16"],
+)
+def test_native_pixels_are_mapped_from_the_file(tmp_path, monkeypatch, dtype, implicit):
+    import pydicom
+
+    from pipeline import dicom
+    from pipeline.dicom import read_radiograph, read_raw
+
+    monkeypatch.setattr(dicom, "_DEFER_BYTES", 1024)  # tiny images: defer their pixels too
+
+    rng = np.random.default_rng(7)
+    info = np.iinfo(np.dtype(dtype))
+    lo, hi = (-2048, 2048) if info.min < 0 else (0, min(info.max + 1, 4096))
+    pixels = rng.integers(lo, hi, size=(40, 30)).astype(dtype)
+    path = _native_file(tmp_path / "a.dcm", pixels, implicit=implicit)
+    raw = read_raw(path)
+    assert _mapping_of(raw.raw) is not None  # no copy: a view of the file
+    assert not raw.raw.flags.writeable
+    np.testing.assert_array_equal(raw.raw, pixels)
+    reference = pydicom.dcmread(path).pixel_array
+    np.testing.assert_array_equal(raw.raw, reference)
+    image = read_radiograph(path).image
+    np.testing.assert_array_equal(image, raw.grey(np.asarray(reference)))
+
+
+def test_big_endian_pixels_are_read_not_mapped(tmp_path, monkeypatch):
+    from pipeline import dicom
+    from pipeline.dicom import read_raw
+
+    monkeypatch.setattr(dicom, "_DEFER_BYTES", 1024)
+
+    pixels = np.arange(40 * 30, dtype="<u2").reshape(40, 30) % 4096
+    path = _native_file(tmp_path / "be.dcm", pixels, big_endian=True)
+    raw = read_raw(path)
+    assert _mapping_of(raw.raw) is None
+    np.testing.assert_array_equal(raw.raw, pixels)
+
+
+def test_truncated_native_pixels_are_refused_before_mapping(tmp_path, monkeypatch):
+    from pipeline import dicom
+    from pipeline.dicom import CorruptDicomError, read_radiograph
+
+    monkeypatch.setattr(dicom, "_DEFER_BYTES", 1024)
+
+    pixels = np.zeros((40, 30), dtype="<u2")
+    path = _native_file(tmp_path / "cut.dcm", pixels)
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    with pytest.raises(CorruptDicomError, match="truncated"):
+        read_radiograph(path)

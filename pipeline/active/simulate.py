@@ -152,7 +152,9 @@ class _Data:
         )
 
 
-def _prepare(config: SimulationConfig) -> tuple[Any, _Data]:
+def prepare_simulation(config: SimulationConfig) -> tuple[Any, _Data]:
+    """The trial configuration and the pool, validation and test data of ``config``
+    (generating and preprocessing the phantom on first use)."""
     from pipeline.trial import TrialConfig, cache_root, prepare_data
 
     trial = dict(config.trial)
@@ -244,7 +246,7 @@ def simulate(
     """Run every strategy for every seed (module docstring); ``progress`` sees each round."""
     from pipeline.train.runtime import using_threads
 
-    cfg, data = _prepare(config)
+    cfg, data = prepare_simulation(config)
     labels = np.asarray([i.label for i in data.pool])
     rows: list[RoundResult] = []
 

@@ -235,3 +235,82 @@ def coreset_acquisition(pool: Pool, k: int, rng: np.random.Generator) -> Selecti
 def badge_acquisition(pool: Pool, k: int, rng: np.random.Generator) -> Selection:
     """BADGE: k-means++ on gradient embeddings (uncertain and diverse)."""
     return kmeans_pp_seeding(gradient_embeddings(pool.probs, pool.embeddings), k, rng)
+
+
+def weighted_kmeans(
+    points: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    iterations: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means with weighted points, seeded by weighted k-means++.
+
+    Returns the centers (k, D) and each point's cluster (N,). A point of weight ``w``
+    pulls its center as ``w`` copies of it would (Zhdanov 2019, eq. 2)."""
+    x = np.asarray(points, dtype=np.float64)  # (N, D)
+    w = np.clip(np.asarray(weights, dtype=np.float64), 1e-12, None)  # (N,)
+    first = int(rng.choice(len(x), p=w / w.sum()))
+    centers = [x[first]]
+    d = _sq_dist(x, x[first : first + 1])[:, 0]  # (N,)
+    while len(centers) < k:
+        mass = w * d
+        i = (
+            int(rng.choice(len(x), p=mass / mass.sum()))
+            if mass.sum() > 0
+            else int(rng.integers(len(x)))
+        )
+        centers.append(x[i])
+        d = np.minimum(d, _sq_dist(x, x[i : i + 1])[:, 0])
+    c = np.stack(centers)  # (k, D)
+    assign = np.zeros(len(x), np.int64)
+    for it in range(iterations):
+        new = _sq_dist(x, c).argmin(axis=1)  # (N,)
+        if it and np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            member = assign == j
+            if member.any():
+                c[j] = (w[member, None] * x[member]).sum(0) / w[member].sum()
+    return c, assign
+
+
+def diverse_uncertain(
+    uncertainty: np.ndarray,
+    embeddings: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    beta: int = 5,
+) -> Selection:
+    """Diverse mini-batch active learning (Zhdanov 2019): the ``beta * k`` most uncertain
+    points are clustered by uncertainty-weighted k-means into ``k`` clusters and the
+    point nearest each center is chosen; indices (k,) best (most uncertain) first, and
+    their uncertainties."""
+    u = np.asarray(uncertainty, dtype=np.float64)  # (N,)
+    x = np.asarray(embeddings, dtype=np.float64)  # (N, F)
+    m = min(len(u), max(k, int(beta) * k))
+    candidates = top_k(u, m, rng).indices  # (m,) most uncertain first
+    if m == k:
+        return Selection(candidates, u[candidates])
+    centers, assign = weighted_kmeans(x[candidates], u[candidates], k, rng)
+    picked: list[int] = []
+    for j in range(k):
+        members = np.flatnonzero(assign == j)
+        if len(members):
+            d = _sq_dist(x[candidates[members]], centers[j : j + 1])[:, 0]
+            picked.append(int(candidates[members[d.argmin()]]))
+    if len(picked) < k:  # empty clusters: the most uncertain candidates not yet taken
+        taken = set(picked)
+        picked += [int(i) for i in candidates if int(i) not in taken][: k - len(picked)]
+    chosen = np.asarray(picked)
+    order = np.lexsort((rng.random(len(chosen)), -u[chosen]))
+    return Selection(chosen[order], u[chosen[order]])
+
+
+@register_acquisition("entropy_kmeans", needs_embeddings=True)
+def entropy_kmeans_acquisition(pool: Pool, k: int, rng: np.random.Generator) -> Selection:
+    """Diverse mini-batch: entropy-weighted k-means among the most uncertain (Zhdanov 2019)."""
+    return diverse_uncertain(predictive_entropy(pool.probs), pool.embeddings, k, rng)
