@@ -8,7 +8,10 @@ and a one-line message that names the file and what to do.
 
 Decoding uses pydicom 3's decoders with the fastest installed plugin for each
 transfer syntax first (:data:`DECODER_PREFERENCE`) and falls back to the next one
-when a plugin fails on a file.
+when a plugin fails on a file. Uncompressed (little-endian, 8- or 16-bit) pixel data
+is not decoded at all: the header is parsed with the pixel data left in the file,
+which is then mapped read-only, so the grey-level chain reads the stored values
+straight from the page cache (no bytes object, no copy).
 
 The grey-level chain follows PS3.3 C.11 in the standard order:
 
