@@ -698,7 +698,8 @@ def _take_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
         for rows in part:
             np.take(table, index[rows], out=out[rows], mode="wrap")
 
-    threads = min(cv2.getNumThreads(), len(blocks)) if index.size >= _THREADED_PIXELS else 1
+    threads = min(cv2.getNumThreads(), _MAX_LUT_THREADS, len(blocks))
+    threads = threads if index.size >= _THREADED_PIXELS else 1
     if threads <= 1:
         take(blocks)
         return out
@@ -711,6 +712,8 @@ def _take_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 #: Images at least this large use several threads for the table lookup.
 _THREADED_PIXELS = 1 << 20
+#: ... and at most this many (the gather is bound by memory, not arithmetic).
+_MAX_LUT_THREADS = 4
 
 
 @functools.lru_cache(maxsize=4)
