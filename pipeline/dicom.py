@@ -706,7 +706,8 @@ def _take_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     # numpy's gather releases the GIL: split the rows between threads, as OpenCV does
     # for the affine path (and as cv2.setNumThreads limits it).
     step = math.ceil(len(blocks) / threads)
-    list(_executor(threads).map(take, [blocks[i : i + step] for i in range(0, len(blocks), step)]))
+    parts = [blocks[i : i + step] for i in range(0, len(blocks), step)]
+    list(_executor(threads, os.getpid()).map(take, parts))
     return out
 
 
@@ -717,7 +718,8 @@ _MAX_LUT_THREADS = 4
 
 
 @functools.lru_cache(maxsize=4)
-def _executor(threads: int) -> ThreadPoolExecutor:
+def _executor(threads: int, pid: int) -> ThreadPoolExecutor:
+    # One pool per process: a pool inherited through fork has no threads behind it.
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="radsearch-lut")
 
 

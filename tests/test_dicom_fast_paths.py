@@ -167,3 +167,24 @@ def test_truncated_native_pixels_are_refused_before_mapping(tmp_path, monkeypatc
     path.write_bytes(data[:-100])
     with pytest.raises(CorruptDicomError, match="truncated"):
         read_radiograph(path)
+
+
+def test_threaded_table_lookup_works_after_fork():
+    import multiprocessing
+
+    import cv2
+
+    chain = GreyLevelChain(
+        bits_stored=12, signed=False, window=Window(center=1800.0, width=1200.0, function="SIGMOID")
+    )
+    raw = np.random.default_rng(8).integers(0, 1 << 12, size=(1100, 1000), dtype=np.uint16)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        expected = chain.apply(raw)  # the parent's pool now exists
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(chain.apply, (raw,)).get(timeout=60)
+    finally:
+        cv2.setNumThreads(before)
+    np.testing.assert_array_equal(got, expected)
