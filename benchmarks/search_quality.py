@@ -4,19 +4,37 @@ Hartmann6 (BoTorch's test function, minimum -3.32237 on [0, 1]^6) is the trainab
 every trial goes through Ray Tune and our searcher exactly like a training trial, with
 the proposal algorithm switched by the space's ``budget.algorithm``:
 
-- ``botorch``: our Ax client (Sobol initialization, then BoTorch), batch proposals with
-  pending trials when several slots are free;
+- ``botorch``: our Ax client with the platform's generation strategy
+  (``search.searcher.generation_strategy``): the centre of the space, seeded Sobol
+  points up to ``budget.initial_trials`` (default 5, the centre included), then
+  BoTorch on a single-task GP with a Matern-5/2 kernel and the dimension-scaled
+  lengthscale prior, proposing with qLogNEI (20 restarts from 1024 raw samples); batch
+  proposals with pending trials when several slots are free;
 - ``random``: uniform random search;
 - ``tpe``: Optuna's TPE sampler (ask/tell through the same runner);
 - ``botorch-direct`` (optional): the same Ax client in a plain loop without Ray, the
-  baseline that shows what going through the platform changes (one at a time only).
+  baseline that shows what going through the platform changes (one at a time only);
+- ``ax-fast-direct`` (optional): the plain loop with Ax's stock strategy instead
+  (``configure_generation_strategy(method="fast")``, an RBF-kernel GP; the platform's
+  strategy before the Matern kernel), to compare the two on the same seeds.
+
+Why Matern-5/2: with the RBF kernel, several seeds stopped in one of Hartmann6's local
+minima (regret 0.12-0.6) after 40 trials; the rougher Matern-5/2 kernel leaves fewer
+stuck at the same proposal cost. A larger Sobol initialization (12 = 2d) was worse
+(fewer model-based trials), input warping cost several times more per proposal, and
+Ax's ``method="quality"`` (fully Bayesian SAAS) needs JAX/NumPyro, not installed.
+BoTorch's numerics depend on the thread count, so one seed can end in a different
+basin on another machine: read the medians, not single seeds, and compare seeds
+0-4 with ``--first-seed 5``.
 
 For each algorithm, concurrency (1 and 4 trials at a time) and seed, it prints the
 median simple regret (best value found minus the optimum) after 20 and 40 trials, and
 the platform overhead per trial: wall time of the search minus the trainable's own time
 and the proposals' time, per trial, from the 1-at-a-time runs (Ray's start excluded).
 
-    python benchmarks/search_quality.py                    # 5 seeds, 40 trials (~20 min on 2 cores)
+    python benchmarks/search_quality.py                    # 5 seeds, 40 trials (~20-40 min on 2 cores)
+    python benchmarks/search_quality.py --first-seed 5 --concurrency 1 \
+        --algorithms botorch-direct ax-fast-direct        # seeds 5-9, no Ray
     python benchmarks/search_quality.py --seeds 2 --trials 12 --algorithms botorch random
     python benchmarks/search_quality.py --pipeline spaces/fixmatch.yaml --trials 8 --seeds 1
 
@@ -95,12 +113,21 @@ def run_once(space: Any, trainable: Callable, root: Path) -> dict[str, Any]:
     }
 
 
-def run_direct(space: Any, trainable: Callable) -> dict[str, Any]:
+def run_direct(space: Any, trainable: Callable, *, ax_fast: bool = False) -> dict[str, Any]:
     """The same Ax client driven in a plain loop, without Ray or the platform (a baseline
-    showing what the platform adds or loses; sequential only)."""
+    showing what the platform adds or loses; sequential only). ``ax_fast``: with Ax's
+    stock ``method="fast"`` strategy instead of the platform's."""
     from search.searcher import build_client, quiet_ax
 
     client = build_client(space)
+    if ax_fast:
+        with quiet_ax():
+            client.configure_generation_strategy(
+                method="fast",
+                initialization_budget=space.budget.initialization_trials(),
+                initialization_random_seed=space.seed,
+                allow_exceeding_initialization_budget=True,
+            )
     metric = space.objective.metric
     values: list[float | None] = []
     t0 = time.perf_counter()
@@ -156,14 +183,15 @@ def compare(
     for concurrency in concurrencies:
         for algorithm in algorithms:
             for seed in seeds:
-                if algorithm == "botorch-direct" and concurrency != 1:
+                direct = algorithm.endswith("-direct")
+                if direct and concurrency != 1:
                     continue
                 if (algorithm, concurrency, seed) in have:
                     continue
-                space = spaces(algorithm.removesuffix("-direct"), concurrency, seed)
+                space = spaces("botorch" if direct else algorithm, concurrency, seed)
                 t0 = time.time()
-                if algorithm == "botorch-direct":
-                    rec = run_direct(space, trainable)
+                if direct:
+                    rec = run_direct(space, trainable, ax_fast=algorithm == "ax-fast-direct")
                 else:
                     rec = run_once(space, trainable, root)
                 rec.update(
@@ -230,15 +258,19 @@ def pipeline_table(records: list[dict[str, Any]], trials: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1"
+    )
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument(
         "--algorithms",
         nargs="+",
         default=["botorch", "random", "tpe"],
-        choices=["botorch", "botorch-direct", "sobol", "random", "tpe"],
-        help="botorch-direct: the same Ax client in a plain loop, no Ray (a baseline)",
+        choices=["botorch", "botorch-direct", "ax-fast-direct", "sobol", "random", "tpe"],
+        help="botorch-direct: the same Ax client in a plain loop, no Ray (a baseline); "
+        "ax-fast-direct: that loop with Ax's stock 'fast' strategy",
     )
     parser.add_argument(
         "--pipeline", metavar="SPACE", help="compare on the real pipeline with this space"
@@ -274,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="search-quality-"))
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     t0 = time.time()
-    ray.init(num_cpus=max(args.concurrency), include_dashboard=False, log_to_driver=False)
+    if args.pipeline or not all(a.endswith("-direct") for a in args.algorithms):
+        ray.init(num_cpus=max(args.concurrency), include_dashboard=False, log_to_driver=False)
     ray_start = time.time() - t0
     try:
         if args.pipeline:
@@ -334,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     what = f"pipeline ({args.pipeline})" if args.pipeline else "Hartmann6 (optimum -3.32237)"
     print(
-        f"{what}, through Ray Tune + the search platform; {len(seeds)} seeds; Ray start {ray_start:.1f}s "
+        f"{what}, through Ray Tune + the search platform; {len(seeds)} seeds "
+        f"({seeds[0]}-{seeds[-1]}); Ray start {ray_start:.1f}s "
         f"(not counted); total {time.time() - t0:.0f}s"
     )
     print()

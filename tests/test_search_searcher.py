@@ -252,3 +252,50 @@ def test_asha_records_its_stops_and_lets_the_last_epoch_finish():
         scheduler.on_trial_result(None, _Trial("a"), {FINAL_KEY: 1, "epoch": 4, "val/auroc": 0.9})
         == TrialScheduler.CONTINUE
     )
+
+
+def test_botorch_generation_strategy_is_pinned_and_survives_resume(tmp_path):
+    """The platform's own strategy (not Ax's dispatch default): centre, seeded Sobol up to
+    ``initial_trials``, then BoTorch with a Matern-5/2 GP and qLogNEI; saved and restored
+    with the Ax state, and used after a resume."""
+    from ax import Client
+    from ax.generators.torch.botorch_modular.kernels import DefaultMaternKernel
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+
+    from search.searcher import ACQF_OPTIMIZER
+
+    space = _space(trials=8, concurrency=1, initial_trials=4)
+    client = build_client(space)
+    path = tmp_path / "ax.json"
+    client.save_to_json_file(str(path))
+    restored = Client.load_from_json_file(str(path))
+    for c in (client, restored):
+        gs = c._generation_strategy
+        assert list(gs.nodes_by_name) == ["CenterOfSearchSpace", "Sobol", "MBM"]
+        sobol = gs.nodes_by_name["Sobol"]
+        assert sobol.generator_specs[0].generator_kwargs["seed"] == space.seed
+        assert {tc.threshold for tc in sobol.transition_criteria} == {4, 2}, (
+            "four initialization trials (the centre included), two of them observed"
+        )
+        (mbm,) = gs.nodes_by_name["MBM"].generator_specs
+        (model,) = mbm.generator_kwargs["surrogate_spec"].model_configs
+        assert model.covar_module_class is DefaultMaternKernel
+        assert model.covar_module_options == {"nu": 2.5}
+        assert model.botorch_model_class is None, "Ax picks the single-task GP"
+        assert mbm.generator_kwargs["botorch_acqf_class"] is qLogNoisyExpectedImprovement
+        assert mbm.generator_gen_kwargs["model_gen_options"]["optimizer_kwargs"] == ACQF_OPTIMIZER
+
+    # four initialization trials, then the restored strategy proposes with BoTorch
+    s = AxSearcher(restored, space, max_trials=8, concurrency=1)
+    for i in range(5):
+        t = s.suggest(str(i))
+        s.on_trial_complete(
+            str(i), {FINAL_KEY: 1, "epoch": 1, "val/auroc": 0.5 + t["lambda_u"] / 4}
+        )
+    nodes = [
+        t.generator_runs[0]._generation_node_name for t in restored._experiment.trials.values()
+    ]
+    assert nodes == ["CenterOfSearchSpace", "Sobol", "Sobol", "Sobol", "MBM"]
+
+    sobol_space = _space(algorithm="sobol")
+    assert "MBM" not in build_client(sobol_space)._generation_strategy.nodes_by_name
