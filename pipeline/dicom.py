@@ -46,7 +46,7 @@ import mmap
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -571,9 +571,17 @@ class GreyLevelChain:
             if not raw.dtype.isnative:
                 raw = raw.astype(raw.dtype.newbyteorder("="))
             affine = self.affine() if use_lut is not True else None
-            if affine is not None and (not mask_unused_bits or self._no_stray_bits(raw)):
+            if affine is not None:
                 lo, hi = self.stored_range
-                return _apply_affine(raw, *affine, x_max=float(max(abs(lo), abs(hi))))
+                check = mask_unused_bits and self.bits_stored < 8 * raw.dtype.itemsize
+                out = _apply_affine(
+                    raw,
+                    *affine,
+                    x_max=float(max(abs(lo), abs(hi))),
+                    stored=(lo, hi) if check else None,
+                )
+                if out is not None:
+                    return out
             if use_lut is False:
                 raise ValueError(
                     "this chain is not affine (or the pixels have stray bits): it needs the table"
@@ -615,12 +623,10 @@ class GreyLevelChain:
         return x0, a, b
 
     def _no_stray_bits(self, raw: np.ndarray) -> bool:
+        """Whether no stored value of integer ``raw`` has bits set above Bits Stored."""
         if self.bits_stored >= 8 * raw.dtype.itemsize:
             return True
-        lo, hi = self.stored_range
-        if raw.dtype.kind == "u":
-            return int(raw.max(initial=0)) <= hi
-        return lo <= int(raw.min(initial=0)) and int(raw.max(initial=0)) <= hi
+        return _within(raw, *self.stored_range)
 
     def _masked(self, x: np.ndarray) -> np.ndarray:
         x = x & ((1 << self.bits_stored) - 1)
@@ -655,30 +661,53 @@ def _row_blocks(shape: tuple[int, ...]) -> Iterator[slice]:
         yield slice(start, start + step)
 
 
-def _apply_affine(raw: np.ndarray, x0: int, a: float, b: float, x_max: float) -> np.ndarray:
+def _apply_affine(
+    raw: np.ndarray,
+    x0: int,
+    a: float,
+    b: float,
+    x_max: float,
+    stored: tuple[int, int] | None = None,
+) -> np.ndarray | None:
     """``clip((raw - x0) * a + b, 0, 1)`` in float32, to about 1e-7 of the float64 value.
 
-    OpenCV's ``x * a + g`` is one (threaded) pass, then one clip pass: measured no
-    slower than mapping and clipping block by block. Otherwise four numpy passes
-    per block of rows, each block in cache.
+    With ``stored`` = (lo, hi), None as soon as a value lies outside it (stray bits
+    above Bits Stored: the caller then needs the masking table), checked block by block
+    as the blocks are mapped, not in a pass of its own. Each block of rows is mapped
+    then clipped while in cache: by OpenCV's ``x * a + g`` where every term stays below
+    4 (it rounds in float32: the error stays below 5e-7), else by four numpy passes.
     """
     g = b - x0 * a
+    use_cv = raw.ndim == 2 and max(abs(a) * x_max, abs(g)) <= 4.0
     lo, hi = np.float32(0.0), np.float32(1.0)
-    if raw.ndim == 2 and max(abs(a) * x_max, abs(g)) <= 4.0:
-        # OpenCV rounds in float32: only used where every term stays below 4, so the
-        # error stays below 5e-7.
-        out = cv2.addWeighted(raw, a, raw, 0.0, g, dtype=cv2.CV_32F)
-        return np.clip(out, lo, hi, out=out)
     out = np.empty(raw.shape, dtype=np.float32)
-    blocks = _row_blocks(raw.shape) if raw.ndim == 2 else [slice(None)]
-    for rows in blocks:
-        src, dst = raw[rows], out[rows]
-        np.copyto(dst, src, casting="unsafe")  # (a mixed-type subtract is 3x slower)
-        dst -= np.float32(x0)  # exact: integers below 2^24
-        dst *= np.float32(a)
-        dst += np.float32(b)
-        np.clip(dst, lo, hi, out=dst)
-    return out
+    blocks = list(_row_blocks(raw.shape)) if raw.ndim == 2 else [slice(None)]
+
+    def run(part: list[slice]) -> bool:
+        for rows in part:
+            src, dst = raw[rows], out[rows]
+            if stored is not None and not _within(src, *stored):
+                return False
+            if use_cv:
+                cv2.addWeighted(src, a, src, 0.0, g, dst=dst, dtype=cv2.CV_32F)
+            else:
+                np.copyto(dst, src, casting="unsafe")  # (a mixed-type subtract is 3x slower)
+                dst -= np.float32(x0)  # exact: integers below 2^24
+                dst *= np.float32(a)
+                dst += np.float32(b)
+            np.clip(dst, lo, hi, out=dst)
+        return True
+
+    return out if all(_in_threads(run, blocks, raw.size)) else None
+
+
+def _within(x: np.ndarray, lo: int, hi: int) -> bool:
+    """Whether every value of integer ``x`` lies in [lo, hi]."""
+    if x.size == 0:
+        return True
+    if x.dtype.kind == "u" and lo <= 0:
+        return int(x.max()) <= hi
+    return lo <= int(x.min()) and int(x.max()) <= hi
 
 
 def _take_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -692,29 +721,35 @@ def _take_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     if index.ndim != 2:
         np.take(table, index, out=out, mode="wrap")
         return out
-    blocks = list(_row_blocks(index.shape))
 
     def take(part: list[slice]) -> None:
         for rows in part:
             np.take(table, index[rows], out=out[rows], mode="wrap")
 
-    threads = min(cv2.getNumThreads(), _MAX_LUT_THREADS, len(blocks))
-    threads = threads if index.size >= _THREADED_PIXELS else 1
-    if threads <= 1:
-        take(blocks)
-        return out
-    # numpy's gather releases the GIL: split the rows between threads, as OpenCV does
-    # for the affine path (and as cv2.setNumThreads limits it).
-    step = math.ceil(len(blocks) / threads)
-    parts = [blocks[i : i + step] for i in range(0, len(blocks), step)]
-    list(_executor(threads, os.getpid()).map(take, parts))
+    _in_threads(take, list(_row_blocks(index.shape)), index.size)
     return out
 
 
-#: Images at least this large use several threads for the table lookup.
+#: Images at least this large are mapped by several threads...
 _THREADED_PIXELS = 1 << 20
-#: ... and at most this many (the gather is bound by memory, not arithmetic).
-_MAX_LUT_THREADS = 4
+#: ... at most this many (the passes are bound by memory, not arithmetic).
+_MAX_THREADS = 4
+
+
+def _in_threads(fn: Callable[[list[slice]], Any], blocks: list[slice], pixels: int) -> list[Any]:
+    """``fn`` over ``blocks`` split in contiguous parts, one per thread; the results.
+
+    numpy's gathers and ufuncs and OpenCV release the GIL, so the parts run in
+    parallel: on up to ``cv2.getNumThreads()`` threads (``cv2.setNumThreads(1)``
+    makes the reader single-threaded, as a cache build's workers do), for images of
+    :data:`_THREADED_PIXELS` or more.
+    """
+    threads = min(cv2.getNumThreads(), _MAX_THREADS, len(blocks))
+    if pixels < _THREADED_PIXELS or threads <= 1:
+        return [fn(blocks)]
+    step = math.ceil(len(blocks) / threads)
+    parts = [blocks[i : i + step] for i in range(0, len(blocks), step)]
+    return list(_executor(threads, os.getpid()).map(fn, parts))
 
 
 @functools.lru_cache(maxsize=4)

@@ -13,13 +13,14 @@ from pipeline.active import (
     Pool,
     RoundResult,
     acquire,
+    diverse_uncertain,
     gradient_embeddings,
     k_center_greedy,
     labels_to_reach,
     learning_curves,
     predictive_entropy,
+    weighted_kmeans,
 )
-from pipeline.active.strategies import diverse_uncertain, weighted_kmeans
 from pipeline.registry import UnknownNameError
 
 
@@ -128,6 +129,9 @@ def test_entropy_kmeans_takes_one_per_uncertain_cluster():
         assert sorted(int(i) // 5 for i in picks.indices) == [0, 1]
         assert picks.scores[0] >= picks.scores[1]
     assert set(acquire("entropy", pool, 2, rng()).indices.tolist()) < set(range(5))
+    # identical embeddings (k-means cannot split them): still k distinct crops
+    same = acquire("entropy_kmeans", Pool(probs=probs, embeddings=np.zeros((40, 2))), 6, rng())
+    assert len(set(same.indices.tolist())) == 6
     # beta bounds the candidates: with beta = 1 the batch is the k most uncertain
     top = diverse_uncertain(predictive_entropy(probs), emb, 2, rng(), beta=1)
     assert set(top.indices.tolist()) < set(range(5))
@@ -162,6 +166,13 @@ def test_learning_curves_average_seeds_and_labels_to_reach_interpolates():
     assert labels_to_reach([(10, 0.6), (20, 0.65)], 0.7) is None
 
 
+def test_rounds_csv_round_trips(tmp_path):
+    from pipeline.active.simulate import read_rows, write_rows
+
+    rows = [_row("random", 0, 0, 10, 0.625), _row("entropy_kmeans", 1, 2, 90, 0.875)]
+    assert read_rows(write_rows(rows, tmp_path / "rounds.csv")) == rows
+
+
 # ----------------------------------------------------------------------------- rank-unlabeled
 
 
@@ -176,7 +187,7 @@ def _run(argv):
     return main(argv)
 
 
-@pytest.mark.parametrize("strategy", ["entropy", "badge"])
+@pytest.mark.parametrize("strategy", ["entropy", "badge", "entropy_kmeans"])
 def test_rank_unlabeled_returns_distinct_unlabeled_images(model_dir, tmp_path, strategy):
     from pipeline.deid import pseudonym, resolve_salt
     from pipeline.explain import model_data

@@ -5,7 +5,8 @@
     chosen = acquire("entropy", Pool(probs=probs), k=20, rng=np.random.default_rng(0))
 
 Strategies (``ACQUISITIONS``): ``random``, ``entropy``, ``margin``, ``coreset``
-(k-center greedy on embeddings) and ``badge`` (k-means++ on gradient embeddings).
+(k-center greedy on embeddings), ``badge`` (k-means++ on gradient embeddings) and
+``entropy_kmeans`` (entropy-weighted k-means among the most uncertain crops).
 ``python -m pipeline rank-unlabeled MODEL_DIR --k N`` ranks a model's unlabeled pool;
 ``pipeline.active.simulate.simulate`` replays labeling rounds on a fully labeled set
 (``benchmarks/active_learning.py`` prints the comparison).
@@ -23,12 +24,14 @@ _EXPORTS: dict[str, str] = {
     "Selection": "pipeline.active.strategies",
     "acquire": "pipeline.active.strategies",
     "best_vs_second": "pipeline.active.strategies",
+    "diverse_uncertain": "pipeline.active.strategies",
     "gradient_embeddings": "pipeline.active.strategies",
     "k_center_greedy": "pipeline.active.strategies",
     "kmeans_pp_seeding": "pipeline.active.strategies",
     "list_strategies": "pipeline.active.strategies",
     "predictive_entropy": "pipeline.active.strategies",
     "register_acquisition": "pipeline.active.strategies",
+    "weighted_kmeans": "pipeline.active.strategies",
     "RoundResult": "pipeline.active.simulate",
     "SimulationConfig": "pipeline.active.simulate",
     "SimulationError": "pipeline.active.simulate",
@@ -47,6 +50,7 @@ __all__ = [
     "SimulationError",
     "acquire",
     "best_vs_second",
+    "diverse_uncertain",
     "gradient_embeddings",
     "k_center_greedy",
     "kmeans_pp_seeding",
@@ -56,6 +60,7 @@ __all__ = [
     "predictive_entropy",
     "rank_unlabeled",
     "register_acquisition",
+    "weighted_kmeans",
     "write_ranking",
 ]
 
@@ -75,12 +80,14 @@ if TYPE_CHECKING:
         Selection,
         acquire,
         best_vs_second,
+        diverse_uncertain,
         gradient_embeddings,
         k_center_greedy,
         kmeans_pp_seeding,
         list_strategies,
         predictive_entropy,
         register_acquisition,
+        weighted_kmeans,
     )
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,7 +3,7 @@
 Scores the unlabeled pool of the model's data (rebuilt from the ``config.yaml`` saved
 with the model, or from ``--data DIR``) with an acquisition strategy
 (:data:`pipeline.active.ACQUISITIONS`: ``entropy`` by default, ``margin``, ``badge``,
-``coreset``, ``random``) and writes, into ``--out`` (default
+``coreset``, ``entropy_kmeans``, ``random``) and writes, into ``--out`` (default
 ``MODEL_DIR/rank-unlabeled``):
 
 - ``to_label.csv``: the N crops most worth annotating, best first, with
@@ -42,10 +42,12 @@ COLUMNS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a final model folder")
     parser.add_argument("--k", type=int, required=True, help="how many images to propose")
+    from pipeline.active.strategies import list_strategies
+
     parser.add_argument(
         "--strategy",
         default="entropy",
-        help="entropy (default), margin, badge, coreset or random",
+        help=f"acquisition strategy: {', '.join(list_strategies())} (default entropy)",
     )
     parser.add_argument("--out", type=Path, help="output folder (default MODEL_DIR/rank-unlabeled)")
     parser.add_argument("--data", type=Path, help="data folder (default: the model's)")
