@@ -755,7 +755,7 @@ def _in_threads(fn: Callable[[list[slice]], Any], blocks: list[slice], pixels: i
 @functools.lru_cache(maxsize=4)
 def _executor(threads: int, pid: int) -> ThreadPoolExecutor:
     # One pool per process: a pool inherited through fork has no threads behind it.
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="radsearch-lut")
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="radsearch-grey")
 
 
 def _lut_from_sequence(ds: Dataset, keyword: str, *, signed_first: bool) -> LookupTable | None:
