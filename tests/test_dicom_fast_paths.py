@@ -188,3 +188,110 @@ def test_threaded_table_lookup_works_after_fork():
     finally:
         cv2.setNumThreads(before)
     np.testing.assert_array_equal(got, expected)
+
+
+# ------------------------------------------------------------------ OpenCV affine pass
+
+
+@pytest.mark.parametrize(
+    ("window", "invert"),
+    [
+        (None, False),  # the full stored range: no block reaches past [0, 1]
+        (Window(center=2000.0, width=1500.0), False),  # clips at both ends
+        (Window(center=2000.0, width=1500.0, function="LINEAR_EXACT"), True),  # inverted
+        (Window(center=3900.0, width=600.0), False),  # clips at the top only
+    ],
+    ids=["full-range", "window", "inverted-exact", "top-clip"],
+)
+def test_opencv_affine_pass_matches_the_chain(window, invert):
+    chain = GreyLevelChain(bits_stored=12, signed=False, window=window, invert=invert)
+    assert chain.affine() is not None
+    rng = np.random.default_rng(8)
+    raw = rng.integers(0, 1 << 12, size=SHAPE, dtype=np.uint16)
+    raw[:200] = rng.integers(1500, 2500, size=(200, SHAPE[1]))  # blocks inside the window
+    raw[650:] = 777  # a flat block: one stored value
+    out = chain.apply(raw, use_lut=False)
+    expected = chain.values(raw)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    if window is not None and not invert and window.center < 3000:  # clipped at both ends
+        assert out.min() == 0.0 and out.max() == 1.0
+
+
+def test_opencv_affine_pass_refuses_stray_bits_for_the_table():
+    chain = GreyLevelChain(bits_stored=12, signed=False, window=Window(center=2000.0, width=900.0))
+    raw = np.full(SHAPE, 1000, dtype=np.uint16)
+    raw[690, 5] = 0x9000 | 1000  # bits above Bits Stored in the last block only
+    out = chain.apply(raw)  # the affine pass gives up, the masking table takes over
+    np.testing.assert_allclose(out, chain.values(raw.astype(np.int64) & 0xFFF), atol=1e-6)
+    with pytest.raises(ValueError, match="needs the table"):
+        chain.apply(raw, use_lut=False)
+
+
+# ------------------------------------------------------------------ RLE decoded directly
+
+
+def _rle_file(path, pixels: np.ndarray):
+    from pydicom.uid import RLELossless
+
+    _native_file(path, pixels)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless, encoding_plugin="pylibjpeg")
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["<u2", "<i2", "u1"])
+def test_rle_is_decoded_directly_as_pydicom_decodes_it(tmp_path, dtype):
+    pytest.importorskip("rle")
+    import pydicom
+
+    from pipeline import dicom
+    from pipeline.dicom import read_raw
+
+    rng = np.random.default_rng(10)
+    lo, hi = {"<u2": (0, 4096), "<i2": (-2048, 2048), "u1": (0, 256)}[dtype]
+    pixels = rng.integers(lo, hi, size=(40, 30)).astype(dtype)
+    path = _rle_file(tmp_path / "rle.dcm", pixels)
+    ds = dicom._read_for_pixels(path)
+    direct = dicom._rle_direct(ds, path)
+    assert direct is not None and direct.dtype == np.dtype(dtype)
+    reference = pydicom.dcmread(path).pixel_array
+    np.testing.assert_array_equal(direct, reference)
+    np.testing.assert_array_equal(read_raw(path).raw, pixels)
+
+
+def test_corrupt_rle_leaves_the_direct_path_and_fails_clearly(tmp_path):
+    pytest.importorskip("rle")
+    import pydicom
+
+    from pipeline import dicom
+    from pipeline.dicom import DicomError, read_radiograph
+
+    pixels = np.arange(40 * 30, dtype="<u2").reshape(40, 30) % 4096
+    path = _rle_file(tmp_path / "bad.dcm", pixels)
+    ds = pydicom.dcmread(path)
+    frame = dicom._single_frame(ds.PixelData)
+    ds.PixelData = pydicom.encaps.encapsulate([frame[: len(frame) // 2]])  # segments cut short
+    ds.save_as(path, enforce_file_format=True)
+    assert dicom._rle_direct(dicom._read_for_pixels(path), path) is None
+    with pytest.raises(DicomError, match=r"bad\.dcm.*could decode the RLE"):
+        read_radiograph(path)
+    with pytest.raises(Exception, match="end of the data"):  # as pydicom itself says
+        pydicom.dcmread(path).pixel_array  # noqa: B018
+
+
+def test_single_frame_refuses_malformed_item_sequences():
+    from pipeline.dicom import _single_frame
+
+    item = b"\xfe\xff\x00\xe0"
+    good = item + (0).to_bytes(4, "little") + item + (4).to_bytes(4, "little") + b"abcd"
+    assert _single_frame(good) == b"abcd"
+    two = good + item + (2).to_bytes(4, "little") + b"ef"
+    assert _single_frame(two) == b"abcdef"
+    assert _single_frame(item + (0).to_bytes(4, "little")) is None  # no fragment
+    assert _single_frame(good[:-1]) is None  # a fragment running past the end
+    assert _single_frame(b"\x00\x00\x00\x00" + good[4:]) is None  # not an item
+    assert _single_frame(b"") is None
