@@ -843,9 +843,9 @@ def _in_threads(fn: Callable[[list[slice]], Any], blocks: list[slice], pixels: i
 
 
 @functools.lru_cache(maxsize=4)
-def _executor(threads: int, pid: int) -> ThreadPoolExecutor:
+def _executor(threads: int, pid: int, role: str = "grey") -> ThreadPoolExecutor:
     # One pool per process: a pool inherited through fork has no threads behind it.
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="radsearch-grey")
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"radsearch-{role}")
 
 
 def _lut_from_sequence(ds: Dataset, keyword: str, *, signed_first: bool) -> LookupTable | None:
@@ -1094,8 +1094,19 @@ def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = 
     """
     path = Path(path)
     ds = _read_for_pixels(path)  # parsed here, not deeper: a deep file fails as it always did
-    r = _raw_of(ds, path, salt)
-    return Radiograph(image=r.grey(r.raw), meta=r.meta, path=path)  # (H, W) float32
+    raw, chain, mask = _decoded(ds, path)
+    key = resolve_salt(salt)
+    if raw.size < _THREADED_PIXELS or cv2.getNumThreads() <= 1:
+        image = chain.apply(raw, mask_unused_bits=mask)
+        return Radiograph(image=image, meta=_meta(ds, path, key), path=path)
+    # A large image: its grey levels are mapped (by the pool's threads) while this
+    # thread reads the de-identified header, instead of waiting for them.
+    grey = _executor(1, os.getpid(), "read").submit(chain.apply, raw, mask_unused_bits=mask)
+    try:
+        meta = _meta(ds, path, key)
+    finally:
+        image = grey.result()
+    return Radiograph(image=image, meta=meta, path=path)  # (H, W) float32
 
 
 @dataclass(frozen=True, eq=False)
@@ -1128,7 +1139,20 @@ def read_raw(path: str | os.PathLike[str], *, salt: str | bytes | None = None) -
 
 
 def _raw_of(ds: Dataset, path: Path, salt: str | bytes | None) -> RawRadiograph:
-    """The checks, grey-level chain and decoding shared by :func:`read_radiograph` and :func:`read_raw`."""
+    """:func:`read_raw` on a parsed data set."""
+    raw, chain, mask = _decoded(ds, path)
+    return RawRadiograph(
+        raw=raw,
+        chain=chain,
+        mask_unused_bits=mask,
+        meta=_meta(ds, path, resolve_salt(salt)),
+        path=path,
+    )
+
+
+def _decoded(ds: Dataset, path: Path) -> tuple[np.ndarray, GreyLevelChain, bool]:
+    """The checks, grey-level chain and decoding shared by :func:`read_radiograph` and
+    :func:`read_raw`: (stored values (H, W), chain, whether the chain must mask stray bits)."""
     with _header_values(path):
         _check_image(ds, path)
     try:
@@ -1145,14 +1169,7 @@ def _raw_of(ds: Dataset, path: Path, salt: str | bytes | None) -> RawRadiograph:
         raise UnsupportedImageError(
             path, f"decoded pixel array has shape {raw.shape}, not ({rows}, {cols})"
         )
-    ts = _transfer_syntax(ds, path)
-    return RawRadiograph(
-        raw=raw,
-        chain=chain,
-        mask_unused_bits=ts not in _NO_MASK_SYNTAXES,
-        meta=_meta(ds, path, resolve_salt(salt)),
-        path=path,
-    )
+    return raw, chain, _transfer_syntax(ds, path) not in _NO_MASK_SYNTAXES
 
 
 def read_meta(path: str | os.PathLike[str], *, salt: str | bytes | None = None) -> dict[str, Any]:

@@ -70,19 +70,24 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def content_hash(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
+def content_hash(path: str | os.PathLike[str]) -> str:
     """Hex XXH3-128 of a file's bytes: the cache key of a DICOM file's content.
 
     Not a cryptographic hash (the cache is not an adversarial setting); it runs at
-    several GB/s where SHA-256 runs below 1 GB/s, so keying a 10 MB file costs about
-    a millisecond instead of more than its decode.
+    several GB/s where SHA-256 runs below 1 GB/s. The file is hashed through a
+    read-only mapping of the page cache, not read into buffers: keying a 10 MB file
+    then costs under a millisecond (reading it in 4 MB chunks took 5-8 ms, mostly
+    faulting in the fresh buffers).
     """
+    import mmap
+
     import xxhash
 
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        if os.fstat(f.fileno()).st_size > 0:  # (an empty file cannot be mapped)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                h.update(data)
     return h.hexdigest()
 
 

@@ -42,3 +42,23 @@ def test_new_files_get_the_usual_permissions(tmp_path):
 def test_stable_hash_ignores_key_order():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_content_hash_is_xxh3_128_of_the_bytes(tmp_path):
+    import xxhash
+
+    from pipeline.io import content_hash
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    small = tmp_path / "small"
+    small.write_bytes(b"DICM" * 10)
+    big = tmp_path / "big"  # over one page and over the old 4 MB read chunk
+    big.write_bytes(bytes(range(256)) * (5 << 12) + b"tail")
+    for f in (empty, small, big):
+        assert content_hash(f) == xxhash.xxh3_128(f.read_bytes()).hexdigest()
+    before = content_hash(big)
+    data = bytearray(big.read_bytes())
+    data[-1] ^= 1  # one bit at the very end
+    big.write_bytes(bytes(data))
+    assert content_hash(big) != before

@@ -33,10 +33,11 @@ from pipeline.preprocess.steps import STEPS
 from pipeline.registry import UnknownNameError, unknown_name_message
 
 #: Bumped whenever a step's output changes for the same parameters (invalidates caches).
-PREPROCESS_VERSION = 4
+PREPROCESS_VERSION = 5
 # 3: two-stage area resizes of images of 1 megapixel or more
 # 4: crop-first cache builds (pipeline.preprocess.cropfirst): clean and localize on
 #    chain(downsample(raw)), the grey-level chain and windowing on the averaged crops only
+# 5: two-stage area resizes from 300,000 pixels and a 3x factor (knee crops of large images)
 
 #: Trial configuration keys that map to preprocessing, with their defaults.
 TRIAL_DEFAULTS: dict[str, Any] = {
