@@ -166,9 +166,12 @@ def clean_text(text: str, ds: Dataset) -> str:
                 words.update(
                     str(v).strip() for v in (value if isinstance(value, list | tuple) else [value])
                 )
-    for word in sorted((w for w in words if len(w) >= 2), key=len, reverse=True):
-        text = re.sub(re.escape(word), "*", text, flags=re.IGNORECASE)
-    return text
+    words = {w for w in words if len(w) >= 2}
+    if not words:
+        return text
+    # one pass, longest alternative first (as masking the longest words first would)
+    pattern = "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
+    return re.sub(pattern, "*", text, flags=re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------

@@ -250,6 +250,11 @@ def decode_pixels(ds: Dataset, path: str | os.PathLike[str]) -> tuple[np.ndarray
     """
     path = Path(path)
     _pixel_description(ds, path)
+    return _decode_described(ds, path)
+
+
+def _decode_described(ds: Dataset, path: Path) -> tuple[np.ndarray, str]:
+    """:func:`decode_pixels` once :func:`_pixel_description` has accepted ``ds``."""
     ts = _transfer_syntax(ds, path)
     try:
         plugins = decoder_order(ts)
@@ -978,13 +983,22 @@ class _BoundedReader(io.BufferedReader):
         self.short_read = 0  # bytes asked for beyond the end of the file, at the first short read
 
     def read(self, size: int | None = -1, /) -> bytes:
-        if size is not None and size >= 0:
+        if size is None or size < 0:
+            return super().read(size)
+        if size > _SMALL_READ:  # (a small read cannot cost much: no need to ask where we are)
             left = max(0, self.size - self.tell())
             if size > left:
                 if left > 0 and not self.short_read:
                     self.short_read = size - left
                 size = left
-        return super().read(size)
+        data = super().read(size)
+        if 0 < len(data) < size and not self.short_read:  # (a read at the very end is not short)
+            self.short_read = size - len(data)
+        return data
+
+
+#: Reads up to this size go to the file unchecked (the parser makes ~160 per header).
+_SMALL_READ = 1 << 16
 
 
 def _parse(
@@ -1163,7 +1177,7 @@ def _decoded(ds: Dataset, path: Path) -> tuple[np.ndarray, GreyLevelChain, bool]
         raise CorruptDicomError(path, f"invalid grey-level attributes: {_short(e)}") from e
     with _header_values(path):
         _check_codestream(ds, path)
-    raw, _plugin = decode_pixels(ds, path)
+    raw, _plugin = _decode_described(ds, path)  # (_check_image described the pixels)
     rows, cols = int(ds.Rows), int(ds.Columns)
     if raw.shape != (rows, cols):
         raise UnsupportedImageError(

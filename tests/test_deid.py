@@ -341,3 +341,21 @@ def test_deid_command_writes_copies_and_never_touches_originals(tmp_path, capsys
     assert pipeline_main(["deid", str(src), str(src / "nested")]) == 2
     assert pipeline_main(["deid", str(src), str(src)]) == 2
     assert _sha(src) == before
+
+
+def test_clean_text_masks_name_parts_and_identifiers_in_one_pass():
+    from pydicom.dataset import Dataset
+
+    from pipeline.deid import clean_text
+
+    ds = Dataset()
+    ds.PatientName = "Garcia^Maria Jose"
+    ds.PatientID = "PX-12345"
+    ds.AccessionNumber = "ACC77"
+    text = "Rodilla maria GARCIA px-12345 (ACC77) AP"
+    assert clean_text(text, ds) == "Rodilla * * * (*) AP"
+    assert clean_text("KNEE AP", ds) == "KNEE AP"  # nothing to mask: unchanged
+    assert clean_text("Jose", Dataset()) == "Jose"  # no identity in the header
+    # a longer identifier wins over a name part it contains
+    ds.PatientID = "MARIA2"
+    assert clean_text("maria2 maria", ds) == "* *"
