@@ -13,6 +13,7 @@ from pipeline.active import (
     Pool,
     RoundResult,
     acquire,
+    class_quotas,
     diverse_uncertain,
     gradient_embeddings,
     k_center_greedy,
@@ -137,6 +138,36 @@ def test_entropy_kmeans_takes_one_per_uncertain_cluster():
     assert set(top.indices.tolist()) < set(range(5))
 
 
+def test_class_quotas_fill_the_scarcest_class_first():
+    assert class_quotas(np.array([30, 10]), 40).tolist() == [10, 30]
+    assert class_quotas(np.array([5, 30]), 10).tolist() == [10, 0]
+    assert class_quotas(np.array([4, 0, 2]), 5).tolist() == [0, 4, 1]  # to 4, 4, 3
+    assert class_quotas(np.zeros(2, np.int64), 3).tolist() == [2, 1]
+
+
+def test_class_balanced_asks_for_the_scarce_class():
+    g = rng(5)
+    p_fx = np.concatenate([[0.9, 0.7], g.uniform(0.0, 0.45, size=38)])  # 2 predicted fractures
+    probs = np.stack([1 - p_fx, p_fx], axis=1)
+    # 30 unfractured and 10 fractured labeled: 10 new labels all go to the fractured side
+    pool = Pool(probs=probs, labeled_classes=np.array([0] * 30 + [1] * 10))
+    chosen = acquire("class_balanced", pool, 10, rng()).indices
+    # the two predicted fractures, then the 8 highest P(fracture) of the rest
+    assert set(chosen.tolist()) == set(np.argsort(-p_fx)[:10].tolist())
+    # balanced labeled set: half the batch each side; the unfractured half is the most
+    # uncertain of the predicted-unfractured crops
+    half = acquire(
+        "class_balanced", Pool(probs=probs, labeled_classes=np.array([0, 1])), 4, rng()
+    ).indices.tolist()
+    below = np.flatnonzero(p_fx < 0.5)
+    assert {0, 1} <= set(half)
+    assert set(half) - {0, 1} == set(below[np.argsort(-p_fx[below])[:2]].tolist())
+    # random choice on the same pool takes far fewer likely fractures
+    top = set(np.argsort(-p_fx)[:10].tolist())
+    hits = [len(top & set(acquire("random", pool, 10, rng(s)).indices.tolist())) for s in range(50)]
+    assert np.mean(hits) < 4
+
+
 def test_strategy_errors_say_what_is_missing():
     with pytest.raises(UnknownNameError, match="did you mean 'entropy'"):
         acquire("entropie", Pool(probs=np.ones((3, 2)) / 2), 1, rng())
@@ -187,7 +218,7 @@ def _run(argv):
     return main(argv)
 
 
-@pytest.mark.parametrize("strategy", ["entropy", "badge", "entropy_kmeans"])
+@pytest.mark.parametrize("strategy", ["entropy", "badge", "entropy_kmeans", "class_balanced"])
 def test_rank_unlabeled_returns_distinct_unlabeled_images(model_dir, tmp_path, strategy):
     from pipeline.deid import pseudonym, resolve_salt
     from pipeline.explain import model_data
@@ -240,6 +271,7 @@ def test_simulation_records_each_round_for_each_strategy(tmp_path):
     generate(data, n=48, seed=3, size=128, labeled_fraction=1.0)
     config = SimulationConfig(
         strategies=("random", "coreset"),
+        ensemble=2,  # two models per round: coreset sees both models' features side by side
         initial=4,
         batch=3,
         rounds=2,
@@ -270,6 +302,31 @@ def test_simulation_records_each_round_for_each_strategy(tmp_path):
     assert all(r.positives >= 1 for r in rows)
 
 
+def test_ensemble_probabilities_are_the_members_mean(monkeypatch):
+    import torch
+
+    import pipeline.train
+    from pipeline.active.simulate import auroc_of, ensemble_probs, member_seed
+
+    outputs = {"a": [[0.9, 0.1], [0.2, 0.8]], "b": [[0.5, 0.5], [0.6, 0.4]]}
+    monkeypatch.setattr(
+        pipeline.train, "predict", lambda m, ds: (torch.tensor(outputs[m]), np.zeros(2))
+    )
+    assert ensemble_probs(["a", "b"], None) == pytest.approx(np.array([[0.7, 0.3], [0.4, 0.6]]))
+    assert ensemble_probs(["a"], None) == pytest.approx(np.array(outputs["a"]))
+    assert member_seed(3, 0) == 3 and len({member_seed(3, e) for e in range(4)}) == 4
+
+    from pipeline.train.tasks import get_task
+
+    class Labeled:  # a dataset of four crops, one unlabeled (-1)
+        labels = (0, 1, 0, -1)
+
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.0, 1.0]])
+    assert auroc_of(probs, Labeled(), get_task("binary")) == pytest.approx(1.0)
+    flipped = probs[:, ::-1].copy()
+    assert auroc_of(flipped, Labeled(), get_task("binary")) == pytest.approx(0.0)
+
+
 def test_simulation_config_names_the_bad_setting():
     from pipeline.active import SimulationConfig, SimulationError
 
@@ -277,3 +334,5 @@ def test_simulation_config_names_the_bad_setting():
         SimulationConfig(strategies=("badg",))
     with pytest.raises(SimulationError, match="batch"):
         SimulationConfig(batch=0)
+    with pytest.raises(SimulationError, match="ensemble"):
+        SimulationConfig(ensemble=0)

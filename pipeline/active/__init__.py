@@ -5,8 +5,10 @@
     chosen = acquire("entropy", Pool(probs=probs), k=20, rng=np.random.default_rng(0))
 
 Strategies (``ACQUISITIONS``): ``random``, ``entropy``, ``margin``, ``coreset``
-(k-center greedy on embeddings), ``badge`` (k-means++ on gradient embeddings) and
-``entropy_kmeans`` (entropy-weighted k-means among the most uncertain crops).
+(k-center greedy on embeddings), ``badge`` (k-means++ on gradient embeddings),
+``entropy_kmeans`` (entropy-weighted k-means among the most uncertain crops) and
+``class_balanced`` (uncertainty sampling with per-class quotas toward a balanced
+labeled set).
 ``python -m pipeline rank-unlabeled MODEL_DIR --k N`` ranks a model's unlabeled pool;
 ``pipeline.active.simulate.simulate`` replays labeling rounds on a fully labeled set
 (``benchmarks/active_learning.py`` prints the comparison).
@@ -24,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "Selection": "pipeline.active.strategies",
     "acquire": "pipeline.active.strategies",
     "best_vs_second": "pipeline.active.strategies",
+    "class_balanced_uncertain": "pipeline.active.strategies",
+    "class_quotas": "pipeline.active.strategies",
     "diverse_uncertain": "pipeline.active.strategies",
     "gradient_embeddings": "pipeline.active.strategies",
     "k_center_greedy": "pipeline.active.strategies",
@@ -50,6 +54,8 @@ __all__ = [
     "SimulationError",
     "acquire",
     "best_vs_second",
+    "class_balanced_uncertain",
+    "class_quotas",
     "diverse_uncertain",
     "gradient_embeddings",
     "k_center_greedy",
@@ -80,6 +86,8 @@ if TYPE_CHECKING:
         Selection,
         acquire,
         best_vs_second,
+        class_balanced_uncertain,
+        class_quotas,
         diverse_uncertain,
         gradient_embeddings,
         k_center_greedy,

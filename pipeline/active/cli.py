@@ -3,7 +3,8 @@
 Scores the unlabeled pool of the model's data (rebuilt from the ``config.yaml`` saved
 with the model, or from ``--data DIR``) with an acquisition strategy
 (:data:`pipeline.active.ACQUISITIONS`: ``entropy`` by default, ``margin``, ``badge``,
-``coreset``, ``entropy_kmeans``, ``random``) and writes, into ``--out`` (default
+``coreset``, ``entropy_kmeans``, ``class_balanced``, ``random``; ``class_balanced``
+counts the classes of the model's labeled training and validation crops) and writes, into ``--out`` (default
 ``MODEL_DIR/rank-unlabeled``):
 
 - ``to_label.csv``: the N crops most worth annotating, best first, with
@@ -116,9 +117,20 @@ def rank_unlabeled(md: Any, *, k: int, strategy: str, seed: int = 0) -> list[dic
             if len(s)
         ]
         labeled = np.concatenate(parts) if parts else None
+    from pipeline.train.batches import dataset_labels
+
+    known = [dataset_labels(s) for s in (md.prepared.train, md.prepared.val) if len(s)]
+    classes_known = md.model.task.encode_many(np.concatenate(known)) if known else None  # (M,)
+    if classes_known is not None:
+        classes_known = classes_known[classes_known >= 0]
     chosen = acquire(
         strategy,
-        Pool(probs=probs, embeddings=feats, labeled_embeddings=labeled),
+        Pool(
+            probs=probs,
+            embeddings=feats,
+            labeled_embeddings=labeled,
+            labeled_classes=classes_known,
+        ),
         k,
         np.random.default_rng(seed),
     )

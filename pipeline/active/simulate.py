@@ -3,24 +3,31 @@
 On a fully labeled data set (by default a phantom set generated with every image
 labeled, large enough that the pool is several times the labeling budget, as when
 most of a collection is unlabeled), the training split becomes the pool and its
-labels are hidden. Each
-strategy starts from the same seeded set of ``initial`` labeled crops (at least one
-fractured and one not), trains, then repeatedly asks for the ``batch`` crops it
-ranks highest, sees their labels, and retrains from scratch; validation and test
-AUROC are recorded after every round. The initial round is trained once per seed and
-shared, so every curve starts from the same model. Semi-supervised methods
-(``method: fixmatch``) see the rest of the pool, unlabeled, in every round.
+labels are hidden. Each strategy starts from the same seeded set of ``initial``
+labeled crops (at least one fractured and one not), trains, then repeatedly asks for
+the ``batch`` crops it ranks highest, sees their labels, and retrains from scratch;
+validation and test AUROC are recorded after every round. The initial round is
+trained once per seed and shared, so every curve starts from the same model. Random
+choice is a strategy like the others and trains exactly like them. Semi-supervised
+methods (``method: fixmatch``) see the rest of the pool, unlabeled, in every round.
 
-    rows = simulate(SimulationConfig(strategies=("random", "badge"), rounds=6,
-                                     trial={"backbone": "test_resnet", "epochs": 10}))
+    rows = simulate(SimulationConfig(strategies=("random", "badge"), rounds=6, ensemble=2,
+                                     trial={"backbone": "test_resnet", "epochs": 8,
+                                            "steps_per_epoch": 25}))
     curves = learning_curves(rows)                         # strategy -> [(labels, auroc)]
     labels_to_reach(curves["badge"], curves["random"][-1][1])
 
 A seed fixes the initial set, every strategy's draws and every training run, so a
 run repeats to the digit on one machine. What it does not fix is the noise of a
-single retraining: on the phantom one round's model can land 0.03-0.06 AUROC off its
-neighbours (0.03-0.10 seen; its validation AUROC mostly drops with it), the size of the differences
-between strategies, so compare strategies over several seeds.
+single retraining: on the phantom one round's model can land 0.03-0.10 AUROC off its
+neighbours, the size of the differences between strategies. Two settings shrink it:
+a fixed number of optimisation steps per round (``epochs`` x ``steps_per_epoch`` in
+``trial``; epochs over the labeled set leave the early rounds, with few labels,
+undertrained) and ``ensemble``: E models per round, seeds apart
+(:func:`member_seed`), whose averaged probabilities are both scored and used to
+choose the next batch (Beluch et al., "The power of ensembles for active learning
+in image classification", CVPR 2018); embedding strategies see the members'
+features side by side. Compare strategies over several seeds all the same.
 
 Training goes through :func:`pipeline.train.fit` with the data of
 :func:`pipeline.trial.prepare_data` (the trial keys in ``trial``), so the simulation
@@ -64,6 +71,7 @@ class SimulationConfig:
     phantom_n: int = 3000  # size of the fully labeled phantom (when trial has no data_dir)
     phantom_seed: int = 0
     phantom_fracture_rate: float = 0.25  # share of patients with a fracture in that phantom
+    ensemble: int = 1  # models trained per round (seeds apart); their probabilities averaged
 
     def __post_init__(self) -> None:
         from pipeline.active.strategies import ACQUISITIONS
@@ -75,7 +83,7 @@ class SimulationConfig:
                 ACQUISITIONS.get(name)
             except UnknownNameError as e:
                 raise SimulationError(f"strategies: {e}") from e
-        for key in ("initial", "batch", "rounds", "phantom_n"):
+        for key in ("initial", "batch", "rounds", "phantom_n", "ensemble"):
             if int(getattr(self, key)) < (2 if key == "initial" else 1):
                 raise SimulationError(f"{key} must be >= {2 if key == 'initial' else 1}")
         if not self.seeds:
@@ -201,9 +209,42 @@ def prepare_simulation(config: SimulationConfig) -> tuple[Any, _Data]:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _train(cfg: Any, data: _Data, labeled: list[int], seed: int, tag: str) -> tuple[Any, dict]:
-    """Train on the labeled pool indices; returns the model and the round's metrics."""
-    from pipeline.train import TrainData, evaluate, fit
+def member_seed(seed: int, member: int) -> int:
+    """The training seed of ensemble member ``member`` of a round trained with ``seed``
+    (member 0 keeps ``seed``, so an ensemble of one is the single model)."""
+    return seed + 1000 * member
+
+
+def ensemble_probs(models: Sequence[Any], dataset: Any) -> np.ndarray:
+    """Class probabilities (N, C) of ``dataset``, averaged over ``models``."""
+    from pipeline.train import predict
+
+    return np.mean([predict(m, dataset)[0].numpy() for m in models], axis=0)  # (N, C)
+
+
+def auroc_of(probs: np.ndarray, dataset: Any, task: Any) -> float:
+    """AUROC of class probabilities (N, C) against the labels of ``dataset`` (items
+    labeled -1 left out); NaN when it is undefined."""
+    import torch
+
+    from pipeline.train.batches import dataset_labels
+    from pipeline.train.metrics import classification_metrics
+
+    y = task.encode_many(dataset_labels(dataset))  # (N,)
+    keep = y >= 0
+    metrics = classification_metrics(
+        torch.as_tensor(probs[keep]), torch.as_tensor(y[keep]), task=task
+    )
+    return float(metrics.get("auroc", math.nan))
+
+
+def _train(
+    cfg: Any, data: _Data, labeled: list[int], seed: int, tag: str, ensemble: int = 1
+) -> tuple[list[Any], dict]:
+    """Train ``ensemble`` models on the labeled pool indices (seeds
+    :func:`member_seed`); returns them and the round's metrics of their averaged
+    probabilities."""
+    from pipeline.train import TrainData, fit
 
     chosen = set(labeled)
     hidden = [
@@ -216,33 +257,50 @@ def _train(cfg: Any, data: _Data, labeled: list[int], seed: int, tag: str) -> tu
         identity=f"active/{tag}",
     )
     t0 = time.perf_counter()
-    result = fit(cfg.train.replace(seed=seed), train, cache_root=data.root / "stages")
-    val = evaluate(result.model, data.val, threshold=result.threshold)
-    test = evaluate(result.model, data.test, threshold=result.threshold)
-    return result.model, {
-        "val_auroc": float(val.metrics.get("auroc", math.nan)),
-        "test_auroc": float(test.metrics.get("auroc", math.nan)),
+    models = [
+        fit(
+            cfg.train.replace(seed=member_seed(seed, e)),
+            train,
+            cache_root=data.root / "stages",
+        ).model
+        for e in range(ensemble)
+    ]
+    task = models[0].task
+    return models, {
+        "val_auroc": auroc_of(ensemble_probs(models, data.val), data.val, task),
+        "test_auroc": auroc_of(ensemble_probs(models, data.test), data.test, task),
         "seconds": time.perf_counter() - t0,
     }
 
 
 def _next_batch(
-    model: Any, data: _Data, labeled: list[int], strategy: str, k: int, rng: np.random.Generator
+    models: Sequence[Any],
+    data: _Data,
+    labeled: list[int],
+    strategy: str,
+    k: int,
+    rng: np.random.Generator,
 ) -> list[int]:
-    """Pool indices (k) that ``strategy`` picks among the unlabeled ones."""
+    """Pool indices (k) that ``strategy`` picks among the unlabeled ones, from the
+    models' averaged probabilities and their pooled features side by side (an
+    ensemble's squared distances are the sum of its members')."""
     from pipeline.active.strategies import ACQUISITIONS, Pool, acquire
     from pipeline.explain.inputs import infer
 
     chosen = set(labeled)
     rest = [i for i in range(len(data.pool)) if i not in chosen]
     needs = ACQUISITIONS.get(strategy).needs_embeddings
-    probs, feats = infer(model, data.dataset([data.pool[i] for i in rest]), features=needs)
-    known = None
+    unlabeled = data.dataset([data.pool[i] for i in rest])
+    outs = [infer(m, unlabeled, features=needs) for m in models]
+    probs = np.mean([p for p, _ in outs], axis=0)  # (N, C)
+    feats = known = None
     if needs:
-        known = infer(model, data.dataset([data.pool[i] for i in labeled]), features=True)[1]
-    picked = acquire(
-        strategy, Pool(probs=probs, embeddings=feats, labeled_embeddings=known), k, rng
-    )
+        feats = np.concatenate([f for _, f in outs], axis=1)  # (N, E * F)
+        mine = data.dataset([data.pool[i] for i in labeled])
+        known = np.concatenate([infer(m, mine, features=True)[1] for m in models], axis=1)
+    classes = models[0].task.encode_many([data.pool[i].label for i in labeled])  # (M,)
+    pool = Pool(probs=probs, embeddings=feats, labeled_embeddings=known, labeled_classes=classes)
+    picked = acquire(strategy, pool, k, rng)
     return [rest[i] for i in picked.indices.tolist()]
 
 
@@ -274,16 +332,18 @@ def simulate(
     with using_threads(cfg.train.threads):
         for seed in config.seeds:
             start = initial_set(labels, config.initial, seed)
-            model0, m0 = _train(cfg, data, start, seed, f"{seed}/initial")
+            models0, m0 = _train(cfg, data, start, seed, f"{seed}/initial", config.ensemble)
             for strategy in config.strategies:
                 rng = np.random.default_rng([seed, _stable(strategy)])
-                labeled, model = list(start), model0
+                labeled, models = list(start), models0
                 record(strategy, seed, 0, labeled, m0)
                 for rnd in range(1, config.rounds + 1):
                     if len(labeled) >= len(data.pool):
                         break
-                    labeled += _next_batch(model, data, labeled, strategy, config.batch, rng)
-                    model, m = _train(cfg, data, labeled, seed, f"{seed}/{strategy}/{rnd}")
+                    labeled += _next_batch(models, data, labeled, strategy, config.batch, rng)
+                    models, m = _train(
+                        cfg, data, labeled, seed, f"{seed}/{strategy}/{rnd}", config.ensemble
+                    )
                     record(strategy, seed, rnd, labeled, m)
     return rows
 

@@ -54,6 +54,7 @@ class Pool:
     probs: np.ndarray  # (N, C) class probabilities
     embeddings: np.ndarray | None = None  # (N, F) pooled features of the pool
     labeled_embeddings: np.ndarray | None = None  # (M, F) pooled features of labeled images
+    labeled_classes: np.ndarray | None = None  # (M,) class indices of the labeled images
 
     def __len__(self) -> int:
         return int(np.asarray(self.probs).shape[0])
@@ -330,3 +331,57 @@ def diverse_uncertain(
 def entropy_kmeans_acquisition(pool: Pool, k: int, rng: np.random.Generator) -> Selection:
     """Diverse mini-batch: entropy-weighted k-means among the most uncertain (Zhdanov 2019)."""
     return diverse_uncertain(predictive_entropy(pool.probs), pool.embeddings, k, rng, beta=BETA)
+
+
+def class_quotas(labeled_counts: np.ndarray, k: int) -> np.ndarray:
+    """How many of ``k`` new labels each class gets (C,), summing to ``k``: water-filling
+    toward equal counts, so the emptiest class is filled first (ties to the lower
+    class index). ``labeled_counts`` (C,) are the labeled set's class counts."""
+    counts = np.asarray(labeled_counts, dtype=np.int64).copy()  # (C,)
+    quota = np.zeros(len(counts), np.int64)
+    for _ in range(int(k)):
+        c = int(np.argmin(counts))
+        counts[c] += 1
+        quota[c] += 1
+    return quota
+
+
+def class_balanced_uncertain(
+    probs: np.ndarray, labeled_classes: np.ndarray | None, k: int, rng: np.random.Generator
+) -> Selection:
+    """Class-balanced uncertainty sampling: indices (k,) most uncertain first and their
+    entropies. Class ``c`` gets ``class_quotas(counts, k)[c]`` picks: the crops of
+    highest entropy among those whose most probable class is ``c``, then those of
+    highest ``p_c`` (ties at random). Without labeled classes the quotas are equal."""
+    p = np.asarray(probs, dtype=np.float64)  # (N, C)
+    n, num = p.shape
+    counts = (
+        np.bincount(np.asarray(labeled_classes, np.int64), minlength=num)[:num]
+        if labeled_classes is not None and len(labeled_classes)
+        else np.zeros(num, np.int64)
+    )
+    quota = class_quotas(counts, k)
+    h = predictive_entropy(p)  # (N,)
+    predicted = p.argmax(1)  # (N,)
+    tie = rng.random(n)
+    taken = np.zeros(n, bool)
+    picked: list[int] = []
+    # the scarcest class first: its own crops are the fewest, so it chooses first
+    for c in np.argsort(counts, kind="stable"):
+        want = int(quota[c])
+        if want == 0:
+            continue
+        # own class by entropy descending, then the rest by p_c descending
+        order = np.lexsort((tie, -np.where(predicted == c, h, p[:, c]), predicted != c))
+        got = [int(i) for i in order if not taken[i]][:want]
+        taken[got] = True
+        picked += got
+    chosen = np.asarray(picked, np.int64)
+    order = np.lexsort((tie[chosen], -h[chosen]))
+    return Selection(chosen[order], h[chosen[order]])
+
+
+@register_acquisition("class_balanced")
+def class_balanced_acquisition(pool: Pool, k: int, rng: np.random.Generator) -> Selection:
+    """Class-balanced uncertainty: per-class quotas toward equal counts (Bengar 2022)."""
+    return class_balanced_uncertain(pool.probs, pool.labeled_classes, k, rng)
