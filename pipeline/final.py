@@ -106,8 +106,17 @@ def run_final(
         ev = evaluate(model, prepared.test, threshold=float(threshold))
 
     patients = [item.patient for item in prepared.test.items]
+    decision = getattr(model, "type_decision", "argmax")
+    prior = getattr(model, "type_prior", None)
     ci = bootstrap_ci(
-        ev.probs, ev.targets, patients, task=model.task, threshold=float(threshold), n=bootstrap
+        ev.probs,
+        ev.targets,
+        patients,
+        task=model.task,
+        threshold=float(threshold),
+        n=bootstrap,
+        type_decision=decision,
+        type_prior=prior,
     )
     test_metrics = {f"test/{k}": v for k, v in ev.metrics.items()}
     info = {
@@ -121,6 +130,9 @@ def run_final(
         "classes": list(model.task.classes),
         "threshold": float(threshold),
         "threshold_source": threshold_source,
+        # how 7-class probabilities become one class, and the class mix it divides out
+        "type_decision": decision,
+        "type_prior": None if prior is None else [float(v) for v in prior],
         "preprocess": dict(cfg.preprocess),
         "views": cfg.data.views,
         "missing_view": cfg.data.missing_view,
@@ -137,6 +149,9 @@ def run_final(
         "ci95": {f"test/{k}": v for k, v in ci.items()},
         "threshold": float(threshold),
         "threshold_source": threshold_source,
+        # how 7-class probabilities become one class, and the class mix it divides out
+        "type_decision": decision,
+        "type_prior": None if prior is None else [float(v) for v in prior],
         "train": {
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
@@ -207,6 +222,10 @@ def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     spec = ModelSpec(**info["spec"], pretrained="none")
     model = build_model(spec)
     model.load_state_dict(saved["state_dict"])
+    # the decision rule travels with the model, as fit() leaves it (evaluate reads it)
+    model.type_decision = info.get("type_decision", "argmax")
+    prior = info.get("type_prior")
+    model.type_prior = None if prior is None else torch.tensor(prior, dtype=torch.float32)
     return model.eval(), info
 
 
@@ -223,12 +242,15 @@ def bootstrap_ci(
     n: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    type_decision: str = "argmax",
+    type_prior: Any = None,
 ) -> dict[str, tuple[float, float]]:
     """95% percentile intervals of the test metrics, resampling patients (not images).
 
     Crops of one patient are correlated; resampling them together keeps the
     intervals honest. Resamples where a metric is undefined (one class only) are
-    left out of that metric's interval.
+    left out of that metric's interval. ``type_decision`` / ``type_prior``: the
+    model's 7-class decision rule (as :func:`pipeline.train.evaluate` applies it).
     """
     import torch
 
@@ -245,7 +267,14 @@ def bootstrap_ci(
     for _ in range(n):
         chosen = rng.choice(len(uniq), size=len(uniq), replace=True)
         idx = torch.as_tensor([i for c in chosen for i in members[uniq[c]]])
-        m = classification_metrics(probs[idx], targets[idx], task=task, threshold=threshold)
+        m = classification_metrics(
+            probs[idx],
+            targets[idx],
+            task=task,
+            threshold=threshold,
+            type_decision=type_decision,
+            type_prior=type_prior,
+        )
         for k in CI_METRICS:
             v = m.get(k)
             if v is not None and not math.isnan(v):

@@ -225,3 +225,22 @@ def test_unlabeled_items_in_the_labeled_set_are_refused(data):
 def test_fit_accepts_the_flat_dict_of_a_trial(data):
     result = fit({**BASE, "epochs": 1, "loss": "focal", "sampler": "ratio"}, data)
     assert result.config["loss"] == "focal" and len(result.history) == 1
+
+
+def test_type_decision_travels_with_the_model_to_evaluate():
+    """The 7-class rule chosen in the config scores validation during fit and is what
+    ``evaluate`` applies to the returned model, with the sampler's class shares."""
+    data = toy_train_data(
+        n_labeled=64, n_unlabeled=16, n_val=48, size=32, fracture_rate=0.7, task="schatzker", seed=2
+    )
+    config = _config(
+        task="schatzker", epochs=2, sampler="ratio", sampler_ratio=0.5, type_decision="balanced"
+    )
+    result = fit(config, data)
+    assert result.type_decision == "balanced" and result.model.type_decision == "balanced"
+    assert result.type_prior.shape == (7,)
+    assert result.type_prior.sum().item() == pytest.approx(1.0)
+    val = evaluate(result.model, data.val, threshold=result.threshold)
+    assert val.metrics["macro_f1"] == pytest.approx(result.metrics["val/macro_f1"], abs=1e-6)
+    argmax = evaluate(result.model, data.val, threshold=result.threshold, type_decision="argmax")
+    assert argmax.metrics["auroc"] == val.metrics["auroc"]

@@ -362,3 +362,52 @@ def test_distribution_alignment_state_survives_a_round_trip(name):
     b, _ = resumed.step(ctx(9), batch(9))
     assert float(a.detach()) == float(b.detach())
     assert torch.equal(method.state_dict()["p_model"], resumed.state_dict()["p_model"])
+
+
+def test_type_decisions_hand_computed():
+    from pipeline.train.metrics import type_predictions
+
+    probs = torch.tensor(
+        [
+            [0.50, 0.04, 0.30, 0.05, 0.04, 0.04, 0.03],  # argmax "none"; P(fracture) 0.5
+            [0.80, 0.02, 0.10, 0.02, 0.02, 0.02, 0.02],  # P(fracture) 0.2: below threshold
+            [0.10, 0.25, 0.30, 0.05, 0.10, 0.10, 0.10],  # type II, or I once priors count
+        ]
+    )
+    prior = torch.tensor([0.4, 0.05, 0.3, 0.1, 0.1, 0.025, 0.025])
+    kw = {"threshold": 0.4, "prior": prior}
+    assert type_predictions(probs, decision="argmax", **kw).tolist() == [0, 0, 2]
+    assert type_predictions(probs, decision="threshold", **kw).tolist() == [2, 0, 2]
+    # P(type) / prior: row 0 I 0.8, II 1.0, III 0.5, IV 0.4, V 1.6, VI 1.2 -> V;
+    # row 2 I 5.0, II 1.0, III 0.5, IV 1.0, V 4.0, VI 4.0 -> I
+    assert type_predictions(probs, decision="balanced", **kw).tolist() == [5, 0, 1]
+    # without a prior "balanced" is "threshold"
+    assert torch.equal(
+        type_predictions(probs, decision="balanced", threshold=0.4),
+        type_predictions(probs, decision="threshold", threshold=0.4),
+    )
+    with pytest.raises(UnknownNameError, match="argmax"):
+        type_predictions(probs, decision="argmx", threshold=0.4)
+
+
+@pytest.mark.parametrize("decision", ["threshold", "balanced"])
+def test_schatzker_metrics_follow_the_type_decision(decision):
+    from pipeline.train.metrics import type_predictions
+
+    task = get_task("schatzker")
+    probs, y = _random_probs(300, 7, 3)
+    prior = torch.tensor([0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05])
+    m = classification_metrics(probs, y, task=task, type_decision=decision, type_prior=prior)
+    pred = type_predictions(probs, threshold=m["threshold"], decision=decision, prior=prior)
+    pred = pred.numpy()
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-6)
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(y, pred, weights="quadratic"), abs=1e-5)
+    # fracture-level figures do not depend on the type decision
+    plain = classification_metrics(probs, y, task=task)
+    assert (m["auroc"], m["f2"], m["threshold"]) == (
+        plain["auroc"],
+        plain["f2"],
+        plain["threshold"],
+    )
+    # the fracture call of a "threshold"/"balanced" type decision is the threshold's
+    assert ((pred > 0) == (1 - probs[:, 0] >= m["threshold"]).numpy()).all()

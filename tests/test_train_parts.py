@@ -287,3 +287,17 @@ def test_list_parts_by_kind():
     assert all(doc for _, doc in list_parts("methods"))
     with pytest.raises(UnknownNameError, match="did you mean 'samplers'"):
         list_parts("sampler")
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_sampler_class_shares_are_what_its_batches_hold(name, ratio):
+    """``class_shares`` is the prior a post-hoc correction divides out: it must match
+    the class mix the sampler really draws."""
+    labels = _imbalanced(n=400, minority=0.1, classes=7)
+    sampler = build_sampler(name, labels, 32, 200, seed=0, ratio=ratio)
+    shares = sampler.class_shares(7)
+    drawn = np.bincount([labels[i] for batch in sampler for i in batch], minlength=7)
+    assert shares.shape == (7,) and shares.sum() == pytest.approx(1.0)
+    assert np.abs(drawn / drawn.sum() - shares).max() < 0.02
+    assert sampler.class_shares(9)[7:].tolist() == [0.0, 0.0]  # classes the set lacks

@@ -99,3 +99,25 @@ def test_exported_program_matches_the_state_dict(tiny, tmp_path):
     program = torch.export.load(str(out / "model.pt2")).module()
     x = torch.rand(3, 1, 32, 32)
     torch.testing.assert_close(program(x), model(x))
+
+
+def test_final_model_keeps_its_type_decision(tiny, tmp_path):
+    import torch
+
+    from pipeline import load_model
+    from pipeline.train import evaluate
+    from pipeline.trial import prepare_data
+
+    config = {**tiny, "task": "schatzker", "type_decision": "balanced", "sampler": "ratio"}
+    out = tmp_path / "final"
+    run_final(config, out, threshold=0.5, bootstrap=20)
+    model, info = load_model(out)
+    assert info["type_decision"] == model.type_decision == "balanced"
+    prior = model.type_prior
+    assert prior is not None and prior.shape == (7,)
+    assert float(prior.sum()) == pytest.approx(1.0, abs=1e-5)
+    # the reloaded model scores the test split as the run did (same rule, same prior)
+    saved = json.loads((out / "metrics.json").read_text())["metrics"]
+    with torch.no_grad():
+        again = evaluate(model, prepare_data(TrialConfig.from_dict(config)).test, threshold=0.5)
+    assert again.metrics["macro_f1"] == pytest.approx(saved["test/macro_f1"], abs=1e-6)

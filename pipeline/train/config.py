@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.registry import UnknownNameError, check_choice, unknown_name_message
 from pipeline.train.losses import LOSSES
 from pipeline.train.methods import METHODS
-from pipeline.train.metrics import THRESHOLD_METRICS
+from pipeline.train.metrics import THRESHOLD_METRICS, TYPE_DECISIONS
 from pipeline.train.models import PRETRAINED_CHOICES, check_backbone
 from pipeline.train.samplers import SAMPLERS
 from pipeline.train.ssl import SSL_METHODS
@@ -72,6 +72,7 @@ class TrainConfig:
     time_budget_s: float | None = None
     early_stop_patience: int | None = None
     threshold_metric: str = "f2"
+    type_decision: str = "argmax"  # 7-class tasks: "argmax", "threshold" or "balanced"
     # runtime
     seed: int = 0
     threads: int | None = None
@@ -113,6 +114,7 @@ class TrainConfig:
             SAMPLERS.get(self.sampler)
             check_choice("optimizer", self.optimizer, OPTIMIZERS)
             check_choice("threshold_metric", self.threshold_metric, THRESHOLD_METRICS)
+            check_choice("type_decision", self.type_decision, TYPE_DECISIONS)
             check_choice("precision", self.precision, PRECISIONS)
         except UnknownNameError as e:
             raise ConfigError(str(e)) from e

@@ -88,7 +88,9 @@ class FitResult:
     ``metrics``: the flat report row of the best epoch (``val/auroc``, ...);
     ``threshold``: the decision threshold chosen on validation at that epoch (pass it
     to ``evaluate`` on the test set); ``model``: the evaluated weights (EMA when the
-    method keeps one), on the CPU, in eval mode.
+    method keeps one), on the CPU, in eval mode. ``type_decision`` and ``type_prior``
+    (C,): how 7-class probabilities become one class (``metrics.type_predictions``);
+    the model carries both as attributes, so ``evaluate`` applies the same rule.
     """
 
     metrics: dict[str, float]
@@ -102,6 +104,8 @@ class FitResult:
     config: dict[str, Any] = field(default_factory=dict)
     # device, precision, channels_last, compile, threads
     runtime: dict[str, Any] = field(default_factory=dict)
+    type_decision: str = "argmax"
+    type_prior: torch.Tensor | None = None
 
 
 @dataclass
@@ -132,9 +136,11 @@ class TrainModule(L.LightningModule):
         report: Report | None = None,
         channels_last: bool = False,
         checkpoint_path: Path | None = None,
+        type_prior: torch.Tensor | None = None,
     ):
         super().__init__()
         self.config = config
+        self.type_prior = type_prior  # (C,) class shares the sampler draws
         self.model = model
         self.loss_x = loss_x
         self.method = method
@@ -282,6 +288,8 @@ class TrainModule(L.LightningModule):
             y,
             task=self.task,
             threshold_metric=self.config.threshold_metric,
+            type_decision=self.config.type_decision,
+            type_prior=self.type_prior,
         )
         row = {f"val/{k}": v for k, v in metrics.items()}
         row["val/loss"] = float(F.cross_entropy(logits, y))
@@ -508,6 +516,9 @@ def _fit(
         seed=derive_seed(config.seed, "sampler"),
         ratio=config.sampler_ratio,
     )
+    type_prior = torch.as_tensor(
+        labeled_sampler.class_shares(task.num_classes), dtype=torch.float32
+    )  # (C,) the class prior the model is trained on
     unlabeled_sampler, u_y = None, None
     if method.uses_unlabeled:
         u_y = task.encode_many(hidden_labels(data.unlabeled))
@@ -550,6 +561,7 @@ def _fit(
         report=report,
         channels_last=channels_last,
         checkpoint_path=ckpt,
+        type_prior=type_prior,
     )
     accelerator, devices = _accelerator(device)
     with _quiet_lightning():
@@ -582,6 +594,7 @@ def _fit(
     final = final.cpu().eval()
     if channels_last:
         final = final.to(memory_format=torch.contiguous_format)
+    final.type_decision, final.type_prior = config.type_decision, type_prior
     return FitResult(
         metrics=dict(module.best_row),
         history=list(module.history),
@@ -599,6 +612,8 @@ def _fit(
             "compile": config.compile,
             "threads": torch.get_num_threads(),
         },
+        type_decision=config.type_decision,
+        type_prior=type_prior,
     )
 
 
@@ -637,17 +652,30 @@ def evaluate(
     threshold_metric: str = "f2",
     batch_size: int = EVAL_BATCH,
     device: torch.device | str | None = None,
+    type_decision: str | None = None,
+    type_prior: torch.Tensor | None = None,
 ) -> Evaluation:
     """Metrics of ``model`` on a labeled ``dataset`` (items labeled -1 are left out).
 
     ``threshold`` None chooses it on this dataset (use only on validation); for a test
-    set pass ``FitResult.threshold``.
+    set pass ``FitResult.threshold``. ``type_decision`` / ``type_prior`` default to the
+    ones ``fit`` attached to the model (``"argmax"`` for a model built elsewhere).
     """
+    if type_decision is None:
+        type_decision = getattr(model, "type_decision", "argmax")
+    if type_prior is None:
+        type_prior = getattr(model, "type_prior", None)
     probs, raw = predict(model, dataset, batch_size=batch_size, device=device)
     y = model.task.encode_many(raw)
     keep = y >= 0
     probs, targets = probs[torch.as_tensor(keep)], torch.as_tensor(y[keep])
     metrics = classification_metrics(
-        probs, targets, task=model.task, threshold=threshold, threshold_metric=threshold_metric
+        probs,
+        targets,
+        task=model.task,
+        threshold=threshold,
+        threshold_metric=threshold_metric,
+        type_decision=type_decision,
+        type_prior=type_prior,
     )
     return Evaluation(metrics, probs, targets, metrics["threshold"])

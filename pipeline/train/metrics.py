@@ -2,10 +2,20 @@
 
 Fracture-level metrics (AUROC, AP, sensitivity, specificity, F1, F2, balanced
 accuracy) score P(fracture) = 1 - P(class 0) for every task; the 7-class tasks add
-macro-F1, quadratic-weighted kappa and balanced accuracy over the Schatzker types
-(argmax). The threshold that turns P(fracture) into a decision is chosen on the
-validation set by ``threshold_metric`` (best F2 by default, recall weighted over
-precision as missed fractures cost more) and then passed unchanged to the test set.
+macro-F1, quadratic-weighted kappa and balanced accuracy over the Schatzker types.
+The threshold that turns P(fracture) into a decision is chosen on the validation set
+by ``threshold_metric`` (best F2 by default, recall weighted over precision as missed
+fractures cost more) and then passed unchanged to the test set.
+
+How a 7-class prediction becomes one class is ``type_decision`` (:func:`type_predictions`):
+
+- ``"argmax"``: the most probable of the 7 classes;
+- ``"threshold"``: fracture when P(fracture) >= the validation threshold (the same
+  decision the fracture-level metrics score), then the most probable type;
+- ``"balanced"``: as ``"threshold"``, then the type maximising P(type) / prior(type),
+  the post-hoc logit adjustment of Menon et al. (2021) with the class shares the
+  model was trained on (``type_prior``). It trades the frequent types' precision for
+  the rare types' recall, which is what a macro average over types rewards.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from pipeline.registry import check_choice
 from pipeline.train.tasks import Task
 
 THRESHOLD_METRICS = ("f2", "f1", "balanced_accuracy", "youden")
+TYPE_DECISIONS = ("argmax", "threshold", "balanced")
 ECE_BINS = 15
 
 
@@ -57,6 +68,32 @@ def choose_threshold(scores: torch.Tensor, positives: torch.Tensor, metric: str 
     return float(s[int(torch.argmax(value))])
 
 
+def type_predictions(
+    probs: torch.Tensor,
+    *,
+    threshold: float,
+    decision: str = "argmax",
+    prior: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Class indices (N,) from class probabilities (N, C), class 0 = no fracture.
+
+    ``decision`` is one of ``TYPE_DECISIONS`` (module docstring); ``threshold`` applies
+    to P(fracture) = 1 - P(class 0); ``prior`` (C,) are the class shares the model was
+    trained on (``"balanced"`` only; without it the rule is ``"threshold"``).
+    """
+    check_choice("type decision", decision, TYPE_DECISIONS)
+    probs = probs.detach().float()
+    if decision == "argmax":
+        return probs.argmax(dim=1)
+    scores = torch.log(probs[:, 1:].clamp_min(1e-12))  # (N, C-1) type scores
+    if decision == "balanced" and prior is not None:
+        prior = torch.as_tensor(prior, dtype=torch.float32, device=probs.device)
+        scores = scores - torch.log(prior[1:].clamp_min(1e-12))[None, :]
+    kind = scores.argmax(dim=1) + 1  # (N,) 1..C-1
+    fracture = (1.0 - probs[:, 0]) >= threshold
+    return torch.where(fracture, kind, torch.zeros_like(kind))
+
+
 def _safe(fn, *args, **kwargs) -> float:
     try:
         v = fn(*args, **kwargs)
@@ -72,11 +109,14 @@ def classification_metrics(
     task: Task,
     threshold: float | None = None,
     threshold_metric: str = "f2",
+    type_decision: str = "argmax",
+    type_prior: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Metrics of class probabilities (N, C) against class indices (N,) of ``task``.
 
     With ``threshold`` None the threshold is chosen here (validation); pass the
-    validation threshold when scoring a test set. Keys: ``auroc``, ``ap``,
+    validation threshold when scoring a test set. ``type_decision`` and ``type_prior``
+    turn 7-class probabilities into one class (:func:`type_predictions`). Keys: ``auroc``, ``ap``,
     ``sensitivity``, ``specificity``, ``balanced_accuracy``, ``precision``, ``f1``,
     ``f2``, ``macro_f1``, ``accuracy``, ``ece``, ``threshold``, ``n``, ``prevalence``;
     for 7-class tasks also ``kappa``, ``auroc_types`` and ``type_balanced_accuracy``.
@@ -121,7 +161,9 @@ def classification_metrics(
         "prevalence": float(positive.float().mean()) if len(targets) else nan,
     }
     if task.is_multiclass:
-        kind = probs.argmax(dim=1)
+        kind = type_predictions(
+            probs, threshold=float(threshold), decision=type_decision, prior=type_prior
+        )
         c = task.num_classes
         out["macro_f1"] = _safe(tmc.multiclass_f1_score, kind, targets, c, average="macro")
         out["accuracy"] = _safe(tmc.multiclass_accuracy, kind, targets, c, average="micro")

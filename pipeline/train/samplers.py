@@ -81,6 +81,16 @@ class BatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         raise NotImplementedError
 
+    def _counts(self, num_classes: int | None) -> np.ndarray:
+        size = max(int(self.labels.max()) + 1, num_classes or 0)
+        return np.bincount(self.labels, minlength=size).astype(np.float64)
+
+    def class_shares(self, num_classes: int | None = None) -> np.ndarray:
+        """Expected share of each class among the drawn samples (C,): the class prior
+        the model is trained on, which a post-hoc prior correction divides out."""
+        counts = self._counts(num_classes)
+        return counts / counts.sum()
+
 
 @SAMPLERS.register("uniform")
 class UniformSampler(BatchSampler):
@@ -108,6 +118,10 @@ class WeightedSampler(BatchSampler):
         for _ in range(self.steps):
             yield rng.choice(len(self.labels), size=self.batch_size, replace=True, p=p).tolist()
 
+    def class_shares(self, num_classes: int | None = None) -> np.ndarray:
+        present = (self._counts(num_classes) > 0).astype(np.float64)
+        return present / present.sum()
+
 
 def minority_classes(labels: np.ndarray) -> np.ndarray:
     """Every present class except the most frequent one(s)."""
@@ -133,6 +147,14 @@ class RatioSampler(BatchSampler):
 
     def minority_per_batch(self) -> int:
         return min(self.batch_size, math.ceil(self.ratio * self.batch_size))
+
+    def class_shares(self, num_classes: int | None = None) -> np.ndarray:
+        counts = self._counts(num_classes)
+        minority = minority_classes(self.labels)
+        share = self.minority_per_batch() / self.batch_size if len(minority) else 0.0
+        out = (1.0 - share) * counts / counts.sum()
+        out[minority] += share / len(minority) if len(minority) else 0.0
+        return out
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = self.rng()
