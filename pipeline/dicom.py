@@ -318,25 +318,33 @@ def _rle_direct(ds: Dataset, path: Path) -> np.ndarray | None:
     except ImportError:
         return None
     try:
-        bits = int(ds.BitsAllocated)
-        if bits not in (8, 16) or _optional_int(ds, "SamplesPerPixel", 1) != 1:
+        shape = _plain_frame(ds, path)
+        if shape is None:
             return None
-        if _number_of_frames(ds, path) != 1:
-            return None
-        rows, cols = int(ds.Rows), int(ds.Columns)
+        rows, cols, dtype = shape
         frame = _single_frame(ds.PixelData)
         if frame is None:
             return None
-        decoded = decode_frame(frame, rows * cols, bits, "<")
+        decoded = decode_frame(frame, rows * cols, 8 * dtype.itemsize, "<")
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException:  # a refusal (or a panic) of the fast path: the plugin loop says why
         return None
-    kind = "i" if _optional_int(ds, "PixelRepresentation", 0) == 1 else "u"
-    dtype = np.dtype(f"<{kind}{bits // 8}")
     if len(decoded) != rows * cols * dtype.itemsize:
         return None
     return np.frombuffer(decoded, dtype=dtype).reshape(rows, cols)
+
+
+def _plain_frame(ds: Dataset, path: Path) -> tuple[int, int, np.dtype] | None:
+    """(rows, columns, little-endian dtype) of a single-frame, one-sample 8/16-bit
+    image, the kind the fast paths read; None for anything else."""
+    bits = int(ds.BitsAllocated)
+    if bits not in (8, 16) or _optional_int(ds, "SamplesPerPixel", 1) != 1:
+        return None
+    if _number_of_frames(ds, path) != 1:
+        return None
+    kind = "i" if _optional_int(ds, "PixelRepresentation", 0) == 1 else "u"
+    return int(ds.Rows), int(ds.Columns), np.dtype(f"<{kind}{bits // 8}")
 
 
 _ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
@@ -450,14 +458,10 @@ def _mapped_native(ds: Dataset, path: Path, ts: UID) -> np.ndarray | None:
     elem = _deferred(ds, "PixelData")
     if elem is None or elem.value_tell is None:
         return None
-    bits = int(ds.BitsAllocated)
-    if bits not in (8, 16) or _optional_int(ds, "SamplesPerPixel", 1) != 1:
+    shape = _plain_frame(ds, path)
+    if shape is None:
         return None
-    if _number_of_frames(ds, path) != 1:
-        return None
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    kind = "i" if _optional_int(ds, "PixelRepresentation", 0) == 1 else "u"
-    dtype = np.dtype(f"<{kind}{bits // 8}")
+    rows, cols, dtype = shape
     try:
         with open(path, "rb") as f:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
