@@ -852,9 +852,9 @@ def _in_threads(fn: Callable[[list[slice]], Any], blocks: list[slice], pixels: i
 
 
 @functools.lru_cache(maxsize=4)
-def _executor(threads: int, pid: int, role: str = "grey") -> ThreadPoolExecutor:
+def _executor(threads: int, pid: int) -> ThreadPoolExecutor:
     # One pool per process: a pool inherited through fork has no threads behind it.
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"radsearch-{role}")
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="radsearch-grey")
 
 
 def _lut_from_sequence(ds: Dataset, keyword: str, *, signed_first: bool) -> LookupTable | None:
@@ -1112,19 +1112,8 @@ def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = 
     """
     path = Path(path)
     ds = _read_for_pixels(path)  # parsed here, not deeper: a deep file fails as it always did
-    raw, chain, mask = _decoded(ds, path)
-    key = resolve_salt(salt)
-    if raw.size < _THREADED_PIXELS or cv2.getNumThreads() <= 1:
-        image = chain.apply(raw, mask_unused_bits=mask)
-        return Radiograph(image=image, meta=_meta(ds, path, key), path=path)
-    # A large image: its grey levels are mapped (by the pool's threads) while this
-    # thread reads the de-identified header, instead of waiting for them.
-    grey = _executor(1, os.getpid(), "read").submit(chain.apply, raw, mask_unused_bits=mask)
-    try:
-        meta = _meta(ds, path, key)
-    finally:
-        image = grey.result()
-    return Radiograph(image=image, meta=meta, path=path)  # (H, W) float32
+    r = _raw_of(ds, path, salt)
+    return Radiograph(image=r.grey(r.raw), meta=r.meta, path=path)  # (H, W) float32
 
 
 @dataclass(frozen=True, eq=False)

@@ -108,6 +108,11 @@ def run_final(
     patients = [item.patient for item in prepared.test.items]
     decision = getattr(model, "type_decision", "argmax")
     prior = getattr(model, "type_prior", None)
+    # how 7-class probabilities become one class, and the class mix it divides out
+    rule = {
+        "type_decision": decision,
+        "type_prior": None if prior is None else [float(v) for v in prior],
+    }
     ci = bootstrap_ci(
         ev.probs,
         ev.targets,
@@ -130,9 +135,7 @@ def run_final(
         "classes": list(model.task.classes),
         "threshold": float(threshold),
         "threshold_source": threshold_source,
-        # how 7-class probabilities become one class, and the class mix it divides out
-        "type_decision": decision,
-        "type_prior": None if prior is None else [float(v) for v in prior],
+        **rule,
         "preprocess": dict(cfg.preprocess),
         "views": cfg.data.views,
         "missing_view": cfg.data.missing_view,
@@ -149,9 +152,7 @@ def run_final(
         "ci95": {f"test/{k}": v for k, v in ci.items()},
         "threshold": float(threshold),
         "threshold_source": threshold_source,
-        # how 7-class probabilities become one class, and the class mix it divides out
-        "type_decision": decision,
-        "type_prior": None if prior is None else [float(v) for v in prior],
+        **rule,
         "train": {
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
