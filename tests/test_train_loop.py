@@ -184,6 +184,17 @@ def test_early_stopping_stops_and_stays_stopped(data, tmp_path):
     assert rows == [] and len(again.history) == 3
 
 
+def test_select_last_keeps_the_final_epoch_whatever_the_monitor(data):
+    # "val/n" never improves after the first epoch: "best" keeps epoch 1, "last" epoch 3
+    best = fit(_config(epochs=3), data, monitor="val/n")
+    last = fit(_config(epochs=3, select="last"), data, monitor="val/n")
+    assert best.best_epoch == 1 and last.best_epoch == 3
+    assert last.metrics == last.history[-1]
+    val = evaluate(last.model, data.val, threshold=last.threshold)
+    assert val.metrics["auroc"] == pytest.approx(last.history[-1]["val/auroc"], abs=1e-6)
+    assert _same(best.history, last.history)  # the same training, another choice of weights
+
+
 def test_time_budget_stops_within_the_first_epoch(data):
     result = fit(_config(time_budget_s=1e-6, epochs=5), data)
     assert result.stop_reason == "time_budget"

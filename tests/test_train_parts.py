@@ -301,3 +301,27 @@ def test_sampler_class_shares_are_what_its_batches_hold(name, ratio):
     assert shares.shape == (7,) and shares.sum() == pytest.approx(1.0)
     assert np.abs(drawn / drawn.sum() - shares).max() < 0.02
     assert sampler.class_shares(9)[7:].tolist() == [0.0, 0.0]  # classes the set lacks
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [("fpu avx2 avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True), ("fpu avx2", False)],
+)
+def test_native_cpu_bf16_reads_the_cpu_flags(monkeypatch, tmp_path, flags, native):
+    import builtins
+
+    from pipeline.train import runtime
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n", encoding="ascii")
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins,
+        "open",
+        lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k),
+    )
+    runtime.native_cpu_bf16.cache_clear()
+    try:
+        assert runtime.native_cpu_bf16() is native
+    finally:
+        runtime.native_cpu_bf16.cache_clear()

@@ -25,6 +25,8 @@ from pipeline.train.tasks import TASKS
 
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("auto", "32", "bf16", "16")
+#: Which epoch's weights ``fit`` keeps: the best validation monitor, or the last epoch.
+SELECTIONS = ("best", "last")
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     time_budget_s: float | None = None
     early_stop_patience: int | None = None
+    select: str = "best"  # the weights kept: "best" validation epoch or the "last" one
     threshold_metric: str = "f2"
     type_decision: str = "argmax"  # 7-class tasks: "argmax", "threshold" or "balanced"
     # runtime
@@ -113,6 +116,7 @@ class TrainConfig:
             LOSSES.get(self.loss)
             SAMPLERS.get(self.sampler)
             check_choice("optimizer", self.optimizer, OPTIMIZERS)
+            check_choice("select", self.select, SELECTIONS)
             check_choice("threshold_metric", self.threshold_metric, THRESHOLD_METRICS)
             check_choice("type_decision", self.type_decision, TYPE_DECISIONS)
             check_choice("precision", self.precision, PRECISIONS)

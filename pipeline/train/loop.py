@@ -314,7 +314,7 @@ class TrainModule(L.LightningModule):
         self.history.append(row)
         value = row[self.monitor]
         improved = is_better(value, self.best_value)
-        if improved or self.best_state is None:
+        if improved or self.best_state is None or self.config.select == "last":
             self.best_value = value if improved else self.best_value
             self.best_epoch = int(row["epoch"])
             self.best_row = dict(row)
