@@ -35,12 +35,11 @@ threshold with the sampler's class prior divided out); ``--set`` and
 the rows train in bf16 mixed precision, channels-last (``--precision``), about twice as
 fast as fp32. Tables of per-class F1 show what the 7-class macro-F1 is made of.
 
-Cost of the default table on 2 shared CPU cores, from its rows measured one at a time
-(resnet10t, 64 px, 1 thread): phantom and preprocessing cache ~4 min the first time;
-SimCLR stage ~400 s; a 7-class row (40 epochs) ~185 s supervised, ~890 s FixMatch
-(mu 3); a binary row (12 epochs) about 12/40 of that: about 80 core-minutes in all,
-~45 min with two workers (estimated from those rows, the whole table was not timed);
-``--schatzker-epochs 24 --mu 2`` should bring it near 30 min, at untested accuracy.
+Cost of the default table on a quiet 2-core machine with native bf16, measured in one
+run: phantom and preprocessing cache ~4 min the first time (the external phantom ~30 s
+more); SimCLR stage 222 s; a 40-epoch row ~100 s supervised, ~300 s FixMatch (mu 2),
+~290 s MixMatch; 26.4 min in all with two workers. In fp32 (a CPU without native
+bf16) a row takes about twice as long.
 
 Columns: AUROC of P(fracture), macro-F1 (binary: over fracture / no fracture at the
 validation threshold; Schatzker: over the 7 classes with the row's ``type_decision``),
@@ -625,7 +624,7 @@ def check_targets(table: dict[tuple, dict[str, list[float]]]) -> list[str]:
         value, val = mean(key, f"{prefix}_{figure}"), mean(key, f"val_{figure}")
         if math.isnan(value):
             return
-        status = "met" if value >= target else f"NOT met (short by {target - value:.3f})"
+        status = "met" if value >= target else f"NOT met (short by {target - value:.4f})"
         out.append(f"- {what}: {where} {value:.3f} -> {status} (validation {val:.3f})")
 
     for ssl in (False, True):
@@ -646,7 +645,7 @@ def check_targets(table: dict[tuple, dict[str, list[float]]]) -> list[str]:
             out.append(
                 f"- FixMatch above supervised, {task} {label} ({tag}): {where} {a:.3f} vs "
                 f"{b:.3f} -> "
-                + ("met" if a > b else f"NOT met (short by {b - a:.3f})")
+                + ("met" if a > b else f"NOT met (short by {b - a:.4f})")
                 + f" (validation {mean(fm_t, f'val_{figure}'):.3f} vs "
                 f"{mean(sup_t, f'val_{figure}'):.3f})"
             )
@@ -891,7 +890,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\n### Targets ("
         + ("external test phantom" if has_external(table) else "test split")
-        + "; the validation figure chose the epoch and threshold)\n"
+        + "; validation beside it: it chose the decision threshold, and the epoch with "
+        "select=best)\n"
     )
     for line in check_targets(table):
         print(line)

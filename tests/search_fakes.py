@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 
 
@@ -30,6 +31,8 @@ def quadratic(config: dict, report) -> dict:
     )
     target = _score(config)
     epochs = int(config.get("epochs", 3))
+    if config.get("barrier_dir"):
+        _barrier(Path(config["barrier_dir"]), int(config.get("barrier_n", 2)))
     auroc = 0.5
     for epoch in range(1, epochs + 1):
         auroc = 0.5 + (target - 0.5) * epoch / epochs + rng.gauss(0, 0.005)
@@ -43,6 +46,15 @@ def quadratic(config: dict, report) -> dict:
         "val/loss": 1.0 - auroc,
         "val/threshold": 0.4,
     }
+
+
+def _barrier(folder: Path, n: int, timeout_s: float = 120.0) -> None:
+    """Check in, then wait until ``n`` trials have (the first ``n`` trials run together)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / uuid.uuid4().hex).touch()
+    deadline = time.monotonic() + timeout_s
+    while sum(1 for _ in folder.iterdir()) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def raising(config: dict, report) -> dict:

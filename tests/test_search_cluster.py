@@ -1,8 +1,8 @@
 """`--address`: a search joins an existing Ray cluster and its trials use every node.
 
 The cluster is two Ray nodes on this machine (``ray.cluster_utils.Cluster``, loopback),
-one CPU each; with one CPU per trial and two at a time, trials must run on both nodes,
-and ``trials.csv`` records the node of each trial.
+one CPU each; with one CPU per trial and two at a time (the first two wait for each
+other), trials must run on both nodes, and ``trials.csv`` records the node of each trial.
 """
 
 from __future__ import annotations
@@ -45,8 +45,12 @@ def test_trials_run_on_both_nodes_of_a_cluster(two_node_cluster, tmp_path):
             "parameters": {
                 "lr": {"type": "range", "bounds": [1e-4, 1e-1], "scale": "log"},
                 "lambda_u": {"type": "range", "bounds": [0.0, 2.0]},
-                "sleep_s": 1.0,
-            },  # each epoch of the fake trial takes this long
+                "sleep_s": 1.0,  # each epoch of the fake trial takes this long
+                # the first two trials wait for each other: they run at the same time,
+                # however slowly a loaded machine starts their workers
+                "barrier_dir": str(tmp_path / "barrier"),
+                "barrier_n": 2,
+            },
             "budget": {
                 "trials": 4,
                 "concurrency": 2,

@@ -150,3 +150,17 @@ def test_targets_are_judged_on_the_external_phantom_when_there_is_one(bench):
     assert any("FixMatch" in line and "test 0.970 -> met" in line for line in lines)
     assert any("above supervised" in line and "0.970 vs 0.900 -> met" in line for line in lines)
     assert "external" not in bench.markdown_table(test_only, list(test_only), cuda=False)
+
+
+def test_cpu_precision_benchmark_prints_every_setting(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "cpu_precision", ROOT / "benchmarks/cpu_precision.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--image-size", "32", "--batch-size", "4", "--steps", "1", "--rounds", "1"]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split(" | ")[:2] for line in out if line.startswith(("| fp32", "| bf16"))]
+    assert rows == [["| fp32", "no"], ["| fp32", "yes"], ["| bf16", "no"], ["| bf16", "yes"]]
+    assert next(line for line in out if line.startswith("| fp32 | no")).endswith("| 1.00x |")
