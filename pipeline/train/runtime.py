@@ -84,7 +84,7 @@ def native_cpu_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16; read from
     Linux's /proc/cpuinfo, False elsewhere). On such a CPU ``precision: bf16`` with
     ``channels_last`` trains a small convolutional network about twice as fast as fp32
-    (resnet10t at 64 px, one thread: 268 against 133 images/s); elsewhere bf16 on the
+    (resnet10t at 64 px, one thread: 284 against 135 images/s); elsewhere bf16 on the
     CPU is emulated and slower, which is why ``auto`` stays fp32 on the CPU."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
