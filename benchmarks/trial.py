@@ -479,6 +479,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[tuple, dict[str, list[float
         row = r["row"]
         key = (row["group"], row["task"], row["method"], row["ssl"], row["views"])
         cell = table.setdefault(key, {})
+        ext = r.get("external") or {}
         figures = {
             "val_auroc": r["val"].get("auroc"),
             "test_auroc": r["test"].get("auroc"),
@@ -486,10 +487,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[tuple, dict[str, list[float
             "test_macro_f1": r["test"].get("macro_f1"),
             "test_sensitivity": r["test"].get("sensitivity"),
             "test_specificity": r["test"].get("specificity"),
-            "ext_auroc": (r.get("external") or {}).get("auroc"),
-            "ext_macro_f1": (r.get("external") or {}).get("macro_f1"),
-            "ext_sensitivity": (r.get("external") or {}).get("sensitivity"),
-            "ext_specificity": (r.get("external") or {}).get("specificity"),
+            **{f"ext_{k}": ext.get(k) for k in ("auroc", "macro_f1", "sensitivity", "specificity")},
             "fit_s": r["fit_s"],
             "test_s": r["test_s"],
             "images_per_s": r["images_per_s"],
@@ -499,8 +497,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[tuple, dict[str, list[float
             "mask_rate": r["monitors"].get("train/mask_rate"),
             "pseudo_acc": r["monitors"].get("train/pseudo_acc"),
         }
-        for split in ("test", "external"):
-            prefix = "ext" if split == "external" else "test"
+        for split, prefix in (("test", "test"), ("external", "ext")):
             for c, v in enumerate(r.get(f"{split}_class_f1") or []):
                 figures[f"{prefix}_f1_class{c}"] = v
             for rule, v in (r.get(f"{split}_macro_f1_by_rule") or {}).items():
@@ -672,6 +669,8 @@ def check_targets(table: dict[tuple, dict[str, list[float]]]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from pipeline.train.config import PRECISIONS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--n",
@@ -726,7 +725,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument(
         "--precision",
-        choices=("auto", "32", "bf16", "16"),
+        choices=PRECISIONS,
         default=None,
         help="default: bf16 on a CPU that computes it natively (AVX512-BF16, AMX), else auto "
         "(bf16 or fp16 mixed on a GPU, fp32 on other CPUs)",
