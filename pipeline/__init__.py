@@ -18,41 +18,27 @@ _EXPORTS: dict[str, str] = {
     "TrialError": "pipeline.trial",
     "TrialConfigError": "pipeline.trial",
     "run_final": "pipeline.final",
-    "load_model": "pipeline.final",
+    "load_model": "pipeline.train.saved",
+    "prepare": "pipeline.trial",
+    "expected_validation": "pipeline.trial",
+    "trial_metrics": "pipeline.trial",
+    "DATA_SOURCE_KEYS": "pipeline.trial",
+    "RUNTIME_KEYS": "pipeline.trial",
+    "DataConfig": "pipeline.trial",
+    "data_preparation_keys": "pipeline.trial",
+    "cache_home": "pipeline.io",
     "read_radiograph": "pipeline.dicom",
     "DicomError": "pipeline.dicom",
     "UnknownNameError": "pipeline.registry",
+    "PART_KINDS": "pipeline.parts",
+    "choices_for_key": "pipeline.parts",
+    "list_parts": "pipeline.parts",
     "atomic_write_bytes": "pipeline.io",
     "atomic_write_json": "pipeline.io",
     "atomic_write_text": "pipeline.io",
 }
 
-PART_KINDS = ("losses", "samplers", "methods", "ssl_methods", "tasks", "backbones", "steps")
-
-__all__ = [*sorted(_EXPORTS), "PART_KINDS", "list_parts"]
-
-
-def list_parts(kind: str) -> list[tuple[str, str]]:
-    """(name, one-line description) of every registered part of ``kind`` (``PART_KINDS``).
-
-    ``backbones`` lists timm's model names (any of them can be a backbone).
-    """
-    from pipeline.registry import UnknownNameError
-
-    if kind == "steps":
-        from pipeline.preprocess import STEPS
-
-        return STEPS.describe()
-    if kind == "backbones":
-        from pipeline.train import list_backbones
-
-        return [(name, "timm model") for name in list_backbones()]
-    from pipeline.train import list_parts as train_parts
-    from pipeline.train import train_registries
-
-    if kind not in train_registries():
-        raise UnknownNameError("kind of part", kind, list(PART_KINDS))
-    return train_parts(kind)
+__all__ = sorted(_EXPORTS)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

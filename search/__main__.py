@@ -22,16 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from search.space import DOCUMENTED_CHOICES, SpaceError
-
-LIST_KINDS = ("losses", "samplers", "methods", "ssl_methods", "backbones", "steps")
-_DOCUMENTED_PARTS = {
-    "losses": DOCUMENTED_CHOICES["loss"],
-    "samplers": DOCUMENTED_CHOICES["sampler"],
-    "methods": DOCUMENTED_CHOICES["method"],
-    "ssl_methods": DOCUMENTED_CHOICES["ssl_method"],
-    "steps": ("pad_square", "clean", "localize", "window", "clahe", "resize"),
-}
+import pipeline
+from search.problems import SpaceError
 
 
 def _err(message: str) -> None:
@@ -114,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
 
     p = sub.add_parser("list", help="list the parts a space can name")
-    p.add_argument("kind", choices=LIST_KINDS)
+    p.add_argument("kind", choices=[k.kind for k in pipeline.PART_KINDS])
     p.add_argument(
         "--filter", default="", help="only names containing this text (backbones: a timm pattern)"
     )
@@ -129,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run-final", metavar="MODULE:FUNCTION", help="another function with run_final's signature"
     )
+    p.add_argument(
+        "--external",
+        type=Path,
+        metavar="DIR",
+        help="a second labeled data folder (another site): the kept model is scored on it once",
+    )
+    p.add_argument(
+        "--labels", type=Path, help="the external folder's labels CSV (default: DIR/labels.csv)"
+    )
 
     p = sub.add_parser("report", help="write an HTML report with plots")
     p.add_argument("experiment")
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
+    from search.noise import planned_warning
     from search.searcher import build_client
     from search.space import load_space
 
@@ -162,6 +164,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"{path}: ok ({len(space.parameters.searched)} searched: {searched}; "
             f"{space.budget.trials} trials, {space.budget.concurrency} at a time)"
         )
+        warning = planned_warning(space)
+        if warning:
+            print(f"warning: {warning}")
     return status
 
 
@@ -179,8 +184,11 @@ def _print_result(result: Any) -> int:
     print(f"{shown}: {result.status} in {result.seconds:.0f}s ({counts})")
     if result.best is not None:
         b = result.best
+        sem = b["objective"].get("sem")
+        noise = f" ± {sem:.3f} (standard error)" if sem is not None else ""
         print(
-            f"best: trial {b['trial']}, {b['objective']['metric']} = {b['objective']['value']:.4g}"
+            f"best: trial {b['trial']}, {b['objective']['metric']} = "
+            f"{b['objective']['value']:.4g}{noise}"
         )
         print(f"next: python -m search report {shown}   |   python -m search promote {shown}")
     if result.status != "finished":
@@ -191,7 +199,7 @@ def _print_result(result: Any) -> int:
 
 def _trainable(args: argparse.Namespace) -> Callable | None:
     if getattr(args, "trainable", None):
-        from search.runner import load_trainable
+        from search.worker import load_trainable
 
         return load_trainable(args.trainable)
     return None
@@ -218,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         address=args.address,
         progress=not args.no_progress,
         command=command,
+        echo=print,
     )
     return _print_result(result)
 
@@ -230,6 +239,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         trainable=_trainable(args),
         address=args.address,
         progress=not args.no_progress,
+        echo=print,
         **_overrides(args),
     )
     return _print_result(result)
@@ -275,26 +285,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_parts(kind: str) -> tuple[list[tuple[str, str]], str | None]:
-    """(name, description) pairs for ``python -m search list``, and a note when the
-    pipeline's registries are not available and the documented names are shown."""
-    try:
-        from pipeline import list_parts as pipeline_list_parts  # type: ignore[attr-defined]
-
-        return list(pipeline_list_parts(kind)), None
-    except (ImportError, KeyError, ValueError) as e:
-        reason = "pipeline.list_parts is not available" if isinstance(e, ImportError) else str(e)
-    if kind == "backbones":
-        import timm
-
-        return [(n, "") for n in timm.list_models()], f"{reason}; showing timm's models"
-    return [(n, "") for n in _DOCUMENTED_PARTS.get(kind, ())], (
-        f"{reason}; showing the names documented in docs/architecture.md"
-    )
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    parts, note = list_parts(args.kind)
+    parts = pipeline.list_parts(args.kind)
     if args.filter:
         if args.kind == "backbones" and any(c in args.filter for c in "*?["):
             import fnmatch
@@ -302,8 +294,6 @@ def cmd_list(args: argparse.Namespace) -> int:
             parts = [(n, d) for n, d in parts if fnmatch.fnmatch(n, args.filter)]
         else:
             parts = [(n, d) for n, d in parts if args.filter in n]
-    if note:
-        _err(note)
     width = max((len(n) for n, _ in parts), default=0)
     for name, doc in parts:
         print(f"{name:<{width}}  {doc}".rstrip())
@@ -311,24 +301,26 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from search.promote import promote
-    from search.runner import load_trainable
+    from search.promote import headline, promote
+    from search.worker import load_trainable
 
+    if args.labels is not None and args.external is None:
+        _err("--labels names the labels CSV of --external DIR: give --external too")
+        return 2
     run_final = load_trainable(args.run_final) if args.run_final else None
-    metrics = promote(
+    summary = promote(
         args.experiment,
         run_final=run_final,
         epochs=args.epochs,
         out_dir=args.out,
         wandb_mode=args.wandb,
+        external=(args.external, args.labels) if args.external is not None else None,
         echo=print,
     )
-    shown = ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in metrics.items()
-        if isinstance(v, int | float)
-    )
-    print(f"final run done: {shown}")
+    for line in headline(summary):
+        print(line)
+    out = args.out or Path(args.experiment) / "final"
+    print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -376,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except Exception as e:
+        from search.errors import SearchError
         from search.promote import PromoteError
-        from search.runner import SearchError
 
         if isinstance(e, SearchError | PromoteError):
             _err(str(e))

@@ -30,7 +30,6 @@ import csv
 import errno
 import io
 import json
-import math
 import os
 import shutil
 import signal
@@ -45,6 +44,7 @@ import yaml
 
 from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from search.space import SpaceConfig
+from search.values import finite
 
 if TYPE_CHECKING:
     from ax import Client
@@ -150,10 +150,6 @@ def _display(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ExperimentFolder:
@@ -407,6 +403,11 @@ class ExperimentFolder:
         self.save_state()
         return n
 
+    def note_data(self, counts: Mapping[str, Any], **fields: Any) -> None:
+        """What the trials train and validate on (``pipeline.prepare``'s counts)."""
+        self.state["data"] = {**dict(counts), **fields}
+        self.save_state()
+
     # ---- Ax state ----------------------------------------------------------------------
     def save_ax(self, client: Client) -> None:
         """Write the Ax client's JSON snapshot atomically (temporary file, fsync, rename)."""
@@ -477,13 +478,13 @@ class ExperimentFolder:
     def trial_result(self, index: int, result: Mapping[str, Any]) -> None:
         """One per-epoch report: appended to history.jsonl; the record keeps the latest."""
         rec = self._record(index)
-        metrics = {k: v for k, v in result.items() if _finite(v) or isinstance(v, str)}
+        metrics = {k: v for k, v in result.items() if finite(v) or isinstance(v, str)}
         epoch = result.get("epoch")
-        if _finite(epoch):
+        if finite(epoch):
             rec["epochs"] = int(epoch)  # type: ignore[arg-type]
         if result.get("node"):
             rec["node"] = result["node"]
-        rec["last"] = {k: v for k, v in metrics.items() if _finite(v)}
+        rec["last"] = {k: v for k, v in metrics.items() if finite(v)}
         line = json.dumps(
             {"trial": index, "session": rec.get("session"), "time": time.time(), **metrics},
             default=str,
@@ -518,8 +519,8 @@ class ExperimentFolder:
         rec.update({k: v for k, v in fields.items() if v is not None})
         rec["status"] = status
         if metrics:
-            rec["metrics"] = {k: v for k, v in metrics.items() if _finite(v)}
-            if _finite(metrics.get("epoch")):
+            rec["metrics"] = {k: v for k, v in metrics.items() if finite(v)}
+            if finite(metrics.get("epoch")):
                 rec["epochs"] = int(metrics["epoch"])
         if error:
             rec["error"] = error
@@ -629,7 +630,7 @@ class ExperimentFolder:
                 continue
             metrics = rec.get("metrics") or {}
             value = metrics.get(objective.metric)
-            if not _finite(value):
+            if not finite(value):
                 continue
             if not all(c.satisfied(metrics.get(c.metric)) for c in objective.constraints):
                 continue
@@ -646,6 +647,11 @@ class ExperimentFolder:
                 "metric": objective.metric,
                 "direction": objective.direction,
                 "value": best_value,
+                **(
+                    {"sem": sem}
+                    if finite(sem := rec.get("metrics", {}).get(f"{objective.metric}_sem"))
+                    else {}
+                ),
             },
             "metrics": rec.get("metrics", {}),
             "parameters": rec.get("params", {}),

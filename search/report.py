@@ -18,32 +18,41 @@ import html
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+from ax.analysis.plotly.sensitivity import SensitivityAnalysisPlot
+from scipy.stats import spearmanr
 
+import pipeline
 from search.experiment import COMPLETED, EARLY_STOPPED, ExperimentFolder
-from search.space import ChoiceParameter, RangeParameter, SpaceConfig
+from search.parameters import ChoiceParameter, RangeParameter
+from search.searcher import ax_metric_name, quiet_ax
+from search.space import SpaceConfig
+from search.values import finite
 
 log = logging.getLogger(__name__)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def best_so_far_figure(rows: list[dict[str, Any]], space: SpaceConfig) -> Any:
-    import plotly.graph_objects as go
-
     metric = space.objective.metric
     fig = go.Figure()
     for status, color in ((COMPLETED, "#1f77b4"), (EARLY_STOPPED, "#ff7f0e")):
-        pts = [r for r in rows if r["status"] == status and _finite(r.get(metric))]
+        pts = [r for r in rows if r["status"] == status and finite(r.get(metric))]
+        sems = [r.get(f"{metric}_sem") for r in pts]
         fig.add_trace(
             go.Scatter(
                 x=[r["trial"] for r in pts],
                 y=[r[metric] for r in pts],
+                error_y={  # two standard errors: what the search treats as noise
+                    "type": "data",
+                    "array": [2 * v if finite(v) else 0.0 for v in sems],
+                    "visible": any(finite(v) for v in sems),
+                },
                 mode="markers",
                 name=status.replace("_", " "),
                 marker={"color": color, "size": 8},
@@ -54,7 +63,7 @@ def best_so_far_figure(rows: list[dict[str, Any]], space: SpaceConfig) -> Any:
         v = r.get(metric)
         if (
             r["status"] == COMPLETED
-            and _finite(v)
+            and finite(v)
             and (best is None or space.objective.better(v, best))
         ):
             best = v
@@ -67,16 +76,17 @@ def best_so_far_figure(rows: list[dict[str, Any]], space: SpaceConfig) -> Any:
         )
     )
     fig.update_layout(
-        title=f"Best {metric} by trial", xaxis_title="trial", yaxis_title=metric, height=380
+        title=f"Best {metric} by trial (bars: 2 standard errors)",
+        xaxis_title="trial",
+        yaxis_title=metric,
+        height=380,
     )
     return fig
 
 
 def parallel_coordinates_figure(rows: list[dict[str, Any]], space: SpaceConfig) -> Any:
-    import plotly.graph_objects as go
-
     metric = space.objective.metric
-    done = [r for r in rows if r["status"] in (COMPLETED, EARLY_STOPPED) and _finite(r.get(metric))]
+    done = [r for r in rows if r["status"] in (COMPLETED, EARLY_STOPPED) and finite(r.get(metric))]
     dims = []
     for p in space.parameters.searched:
         vals = [r.get(p.name) for r in done]
@@ -98,7 +108,7 @@ def parallel_coordinates_figure(rows: list[dict[str, Any]], space: SpaceConfig) 
                 {
                     "label": f"log10 {p.name}",
                     "range": [lo, hi],
-                    "values": [math.log10(v) if _finite(v) and v > 0 else lo for v in vals],
+                    "values": [math.log10(v) if finite(v) and v > 0 else lo for v in vals],
                 }
             )
         else:
@@ -108,7 +118,7 @@ def parallel_coordinates_figure(rows: list[dict[str, Any]], space: SpaceConfig) 
                 {
                     "label": p.name,
                     "range": [lo, hi],
-                    "values": [v if _finite(v) else lo for v in vals],
+                    "values": [v if finite(v) else lo for v in vals],
                 }
             )
     scores = [r[metric] for r in done]
@@ -130,10 +140,6 @@ def parameter_importance(
 ) -> tuple[dict[str, float], str]:
     """(parameter -> importance, how it was measured)."""
     try:
-        from ax.analysis.plotly.sensitivity import SensitivityAnalysisPlot
-
-        from search.searcher import ax_metric_name, quiet_ax
-
         with quiet_ax():
             client = folder.load_ax()
             cards = client.compute_analyses(
@@ -148,7 +154,8 @@ def parameter_importance(
             df = getattr(card, "df", None)
             if df is not None and "parameter_name" in df and "sensitivity" in df and len(df):
                 values = {
-                    str(n): abs(float(v)) for n, v in zip(df["parameter_name"], df["sensitivity"])
+                    shown_name(str(n), space): abs(float(v))
+                    for n, v in zip(df["parameter_name"], df["sensitivity"])
                 }
                 return (
                     values,
@@ -162,11 +169,26 @@ def parameter_importance(
     )
 
 
-def _rank_importance(rows: list[dict[str, Any]], space: SpaceConfig) -> dict[str, float]:
-    from scipy.stats import spearmanr
+#: how Ax names the one-hot columns of an unordered choice: ``loss_OH_PARAM_2``
+_ONE_HOT = re.compile(r"^(?P<name>.+)_OH_PARAM_(?P<index>\d+)$")
 
+
+def shown_name(name: str, space: SpaceConfig) -> str:
+    """A parameter name as the user wrote it: Ax's one-hot encoding of a choice
+    (``loss_OH_PARAM_2``) becomes ``loss = class_balanced``; other names are unchanged."""
+    m = _ONE_HOT.match(name)
+    if m is None or m["name"] not in space.parameters.names:
+        return name
+    p = space.parameters.get(m["name"])
+    index = int(m["index"])
+    if isinstance(p, ChoiceParameter) and index < len(p.values):
+        return f"{p.name} = {p.values[index]}"
+    return name
+
+
+def _rank_importance(rows: list[dict[str, Any]], space: SpaceConfig) -> dict[str, float]:
     metric = space.objective.metric
-    done = [r for r in rows if r["status"] == COMPLETED and _finite(r.get(metric))]
+    done = [r for r in rows if r["status"] == COMPLETED and finite(r.get(metric))]
     out: dict[str, float] = {}
     for p in space.parameters.searched:
         pts = [(r.get(p.name), r[metric]) for r in done if r.get(p.name) is not None]
@@ -186,13 +208,11 @@ def _rank_importance(rows: list[dict[str, Any]], space: SpaceConfig) -> dict[str
                 [math.log10(x) if getattr(p, "scale", "") == "log" else x for x in xs], dtype=float
             )
             rho = spearmanr(xf, ys).statistic if np.ptp(xf) > 0 and np.ptp(ys) > 0 else 0.0
-            out[p.name] = float(abs(rho)) if _finite(float(rho)) else 0.0
+            out[p.name] = float(abs(rho)) if finite(float(rho)) else 0.0
     return out
 
 
 def importance_figure(importance: dict[str, float], how: str) -> Any:
-    import plotly.graph_objects as go
-
     items = sorted(importance.items(), key=lambda kv: kv[1])
     fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h"))
     fig.update_layout(
@@ -202,12 +222,10 @@ def importance_figure(importance: dict[str, float], how: str) -> Any:
 
 
 def learning_curves_figure(folder: ExperimentFolder, space: SpaceConfig) -> Any:
-    import plotly.graph_objects as go
-
     metric = space.objective.metric
     curves: dict[int, dict[int, float]] = {}
     for row in folder.history():
-        if _finite(row.get(metric)) and _finite(row.get("epoch")):
+        if finite(row.get(metric)) and finite(row.get("epoch")):
             curves.setdefault(int(row["trial"]), {})[int(row["epoch"])] = float(row[metric])
     fig = go.Figure()
     for trial, points in sorted(curves.items()):
@@ -254,7 +272,6 @@ def write_report(
     importance: bool = True,
 ) -> Path:
     """Write ``report.html`` (and the figures' data) for an experiment; returns its path."""
-    import plotly.io as pio
 
     folder = (
         experiment
@@ -307,8 +324,6 @@ Objective: {space.objective.direction} <code>{html.escape(space.objective.metric
 {_table(rows)}
 </body></html>
 """
-    from pipeline.io import atomic_write_text
-
     path = Path(out) if out is not None else folder.path / "report.html"
-    atomic_write_text(path, page)
+    pipeline.atomic_write_text(path, page)
     return path

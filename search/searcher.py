@@ -7,6 +7,9 @@ ax-platform 1.3, so the platform talks to ``ax.Client`` directly:
   proposes a batch that accounts for the pending trials); trials that a crashed driver
   left running are handed out again first (same Ax index, same parameters).
 - every per-epoch report goes to Ax as a progression (``attach_data(..., progression=)``),
+  each metric as its mean and standard error when the trial reports ``<metric>_sem``
+  (``pipeline``'s patient-level bootstrap, or the spread over folds), so the GP's
+  noise model knows how much of a difference between two trials is noise,
 - a trial that returns is completed, one that raises (or returns a non-finite
   objective) is marked failed, one that a scheduler stopped, or that stopped itself
   because its loss diverged, is marked early-stopped (its truncated score is never
@@ -33,12 +36,32 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from ax import ChoiceParameterConfig, Client, RangeParameterConfig
+from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
+from ax.api.utils.structs import GenerationStrategyDispatchStruct
+from ax.core.parameter_constraint import ParameterConstraint
+from ax.exceptions.core import AxError
+from ax.generators.torch.botorch_modular.kernels import DefaultMaternKernel
+from ax.generators.torch.botorch_modular.utils import ModelConfig
+from ax.utils.common.logger import set_ax_logger_levels
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from ray.tune.search import Searcher
 
-from search.space import RangeParameter, SpaceConfig
+from search.keys import (
+    BATCH_KEY,
+    FINAL_KEY,
+    INDEX_KEY,
+    NONFINITE_KEY,
+    OUTCOME_KEY,
+    REASON_KEY,
+    RETRY_KEY,
+    SEM_SUFFIX,
+)
+from search.parameters import RangeParameter
+from search.space import SpaceConfig
+from search.values import finite, plain
 
 if TYPE_CHECKING:
-    from ax import Client
     from ax.generation_strategy.generation_strategy import GenerationStrategy
 
     from search.experiment import ExperimentFolder
@@ -47,38 +70,15 @@ log = logging.getLogger(__name__)
 # Seconds between Ax state saves caused by intermediate results alone (see on_trial_result).
 PROGRESSION_SAVE_S = 30.0
 
-#: the key of the trial config (and results) that carries the Ax trial index
-INDEX_KEY = "ax_trial_index"
-#: set in the result that a trial reports after its trainable returned
-FINAL_KEY = "search/final"
-#: in a final result: the trial ended itself as ``failed`` or ``early_stopped`` (it
-#: diverged, or ran out of memory again after its retry); ``REASON_KEY`` says why
-OUTCOME_KEY = "search/outcome"
-REASON_KEY = "search/reason"
-#: in a final result: values the trainable returned that are not finite (``val/auroc=nan``)
-NONFINITE_KEY = "search/nonfinite"
-#: in every result after a retry inside the trial: why, and the batch size it now uses
-RETRY_KEY = "search/retry_reason"
-BATCH_KEY = "search/reduced_batch_size"
-
 
 def ax_metric_name(metric: str) -> str:
     """Ax parses objective strings as expressions: ``val/auroc`` -> ``val_auroc``."""
     return re.sub(r"\W", "_", metric)
 
 
-def plain(value: Any) -> Any:
-    """numpy scalars -> Python scalars (for JSON, YAML and Ray configs)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 @contextlib.contextmanager
 def quiet_ax() -> Iterator[None]:
     """Ax logs every trial at INFO and BoTorch warns about fits; keep the terminal clean."""
-    from ax.utils.common.logger import set_ax_logger_levels
-
     set_ax_logger_levels(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -88,8 +88,6 @@ def quiet_ax() -> Iterator[None]:
 def build_client(space: SpaceConfig) -> Client:
     """An Ax client configured from a space: parameters (with conditions and linear
     constraints), objective and outcome constraints, and a seeded generation strategy."""
-    from ax import ChoiceParameterConfig, Client, RangeParameterConfig
-
     with quiet_ax():
         client = Client(random_seed=space.seed)
         params: list[Any] = []
@@ -168,12 +166,6 @@ def generation_strategy(space: SpaceConfig) -> GenerationStrategy:
     the same proposal cost. The strategy is part of the Ax state (``ax_state.json``)
     and is restored with it on resume.
     """
-    from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
-    from ax.api.utils.structs import GenerationStrategyDispatchStruct
-    from ax.generators.torch.botorch_modular.kernels import DefaultMaternKernel
-    from ax.generators.torch.botorch_modular.utils import ModelConfig
-    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
-
     gs = choose_generation_strategy(
         GenerationStrategyDispatchStruct(
             method="custom",
@@ -250,8 +242,9 @@ class TPEProposer:
     """Optuna's TPE sampler (ask/tell), define-by-run so conditions are natural."""
 
     def __init__(self, space: SpaceConfig, seed: int):
-        import optuna
+        import optuna  # an optional dependency (the dev extra): only TPE needs it
 
+        self.optuna = optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
         self.study = optuna.create_study(
@@ -260,8 +253,6 @@ class TPEProposer:
         )
 
     def propose(self) -> tuple[dict[str, Any], Any]:
-        import optuna
-
         for _ in range(1000):
             trial = self.study.ask()
             params: dict[str, Any] = {}
@@ -283,16 +274,14 @@ class TPEProposer:
                     params[p.name] = trial.suggest_categorical(p.name, list(p.values))
             if _satisfies(params, self.space.parameters.constraints):
                 return params, trial
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
         raise RuntimeError("TPE found no point that satisfies the parameter constraints")
 
     def observe(self, token: Any, value: float | None) -> None:
-        import optuna
-
         if token is None:
             return
         if value is None or not math.isfinite(value):
-            self.study.tell(token, state=optuna.trial.TrialState.FAIL)
+            self.study.tell(token, state=self.optuna.trial.TrialState.FAIL)
         else:
             self.study.tell(token, value)
 
@@ -301,8 +290,6 @@ def _satisfies(params: Mapping[str, Any], constraints: Sequence[str]) -> bool:
     """Check linear constraints such as ``x1 + 2*x2 <= 1`` (parsed by Ax) on a point."""
     if not constraints:
         return True
-    from ax.core.parameter_constraint import ParameterConstraint
-
     for text in constraints:
         c = ParameterConstraint(inequality=text)
         total = sum(w * float(params.get(name, 0.0)) for name, w in c.constraint_dict.items())
@@ -333,9 +320,12 @@ class AxSearcher(Searcher):
         rerun: Ax trial indices to hand out before new ones (left running by a crash).
         session: the run/resume session number, recorded per trial.
         proposer: an alternative proposer (random, TPE); ``None`` = Ax's strategy.
-        stopped: Ray trial ids a scheduler stopped (filled by the scheduler); a trial
-            that ends without its final report and is not in it was interrupted (the
-            driver is stopping) and stays running in Ax, to be run again on resume.
+        stopped: Ray trial id -> reason, for the trials a scheduler stopped (filled by
+            the scheduler); a trial that ends without its final report and is not in it
+            was interrupted (the driver is stopping) and stays running in Ax, to be run
+            again on resume.
+        baseline: the space's hand-set configuration, run as the first trial of a new
+            experiment (attached to Ax like any proposal).
     """
 
     def __init__(
@@ -349,8 +339,9 @@ class AxSearcher(Searcher):
         rerun: Sequence[int] = (),
         session: int = 1,
         proposer: RandomProposer | TPEProposer | None = None,
-        stopped: set[str] | None = None,
+        stopped: dict[str, str] | None = None,
         on_change: Callable[[], None] | None = None,
+        baseline: Mapping[str, Any] | None = None,
     ):
         objective = space.objective
         super().__init__(metric=objective.metric, mode="min" if objective.minimize else "max")
@@ -365,7 +356,7 @@ class AxSearcher(Searcher):
         self._tokens: dict[int, Any] = {}
         self._on_change = on_change
         self._saved_at = time.monotonic()
-        self._stopped = stopped if stopped is not None else set()
+        self._stopped = stopped if stopped is not None else {}
         self._live: dict[str, int] = {}
         self._params: dict[int, dict[str, Any]] = {}
         if folder is not None:
@@ -375,6 +366,7 @@ class AxSearcher(Searcher):
         self._stalls = 0
         self.proposal_seconds: dict[int, float] = {}
         self._ax_metrics = {m: ax_metric_name(m) for m in objective.metrics}
+        self._baseline = dict(baseline or {})
 
     # ---- Ray's Searcher interface -------------------------------------------------------
     def set_search_properties(
@@ -453,7 +445,7 @@ class AxSearcher(Searcher):
             return
         result = dict(result or {})
         trainable_s = result.pop("search/trainable_s", None)
-        timing = {"trainable_s": round(float(trainable_s), 4)} if _finite(trainable_s) else {}
+        timing = {"trainable_s": round(float(trainable_s), 4)} if finite(trainable_s) else {}
         objective = self._space.objective
         value = result.get(objective.metric)
         if self._folder is not None:
@@ -519,11 +511,12 @@ class AxSearcher(Searcher):
                 else:
                     self._client.mark_trial_abandoned(index)
                 status, metrics, value = "early_stopped", _scalars(result), None
-                stop_reason = f"stopped by the {self._space.budget.scheduler} scheduler" + (
-                    f" after epoch {step}" if step is not None else ""
+                stop_reason = self._stopped.get(trial_id) or (
+                    f"stopped by the {self._space.budget.scheduler} scheduler"
+                    + (f" after epoch {step}" if step is not None else "")
                 )
         if self._proposer is not None:
-            self._proposer.observe(self._tokens.pop(index, None), value if _finite(value) else None)
+            self._proposer.observe(self._tokens.pop(index, None), value if finite(value) else None)
         if self._folder is not None:
             if stop_reason:
                 timing["stop_reason"] = stop_reason
@@ -569,26 +562,16 @@ class AxSearcher(Searcher):
         return len(self._params)
 
     def _generate(self, k: int) -> list[int]:
-        from ax.exceptions.core import AxError
-
         t0 = time.perf_counter()
         new: dict[int, dict[str, Any]] = {}
         with quiet_ax():
+            if self._baseline and not self._params:  # a new experiment: the baseline first
+                index = int(self._client.attach_trial(parameters=dict(self._baseline)))
+                new[index] = dict(self._baseline)
             try:
-                if self._proposer is None:
-                    new = {
-                        int(i): {n: plain(v) for n, v in p.items()}
-                        for i, p in self._client.get_next_trials(max_trials=k).items()
-                    }
-                else:
-                    for _ in range(k):
-                        params, token = self._proposer.propose()
-                        index = int(self._client.attach_trial(parameters=params))
-                        self._tokens[index] = token
-                        new[index] = params
+                new.update(self._propose(k - len(new)))
             except AxError as e:
                 log.debug("Ax cannot propose a trial now: %s", e)
-                return []
         seconds = time.perf_counter() - t0
         for index, params in new.items():
             self._params[index] = params
@@ -599,19 +582,34 @@ class AxSearcher(Searcher):
             self._changed()
         return list(new)
 
-    def _data(self, result: Mapping[str, Any]) -> dict[str, float]:
-        return {
-            ax: float(result[m]) for m, ax in self._ax_metrics.items() if _finite(result.get(m))
-        }
+    def _propose(self, k: int) -> dict[int, dict[str, Any]]:
+        """``k`` new trials from Ax's generation strategy or the alternative proposer."""
+        if k <= 0:
+            return {}
+        if self._proposer is None:
+            return {
+                int(i): {n: plain(v) for n, v in p.items()}
+                for i, p in self._client.get_next_trials(max_trials=k).items()
+            }
+        new = {}
+        for _ in range(k):
+            params, token = self._proposer.propose()
+            index = int(self._client.attach_trial(parameters=params))
+            self._tokens[index] = token
+            new[index] = params
+        return new
+
+    def _data(self, result: Mapping[str, Any]) -> dict[str, float | tuple[float, float]]:
+        return observation(result, self._ax_metrics)
 
     def _step(self, result: Mapping[str, Any], *, final: bool = False) -> int | None:
         epoch = result.get("epoch")
-        if _finite(epoch):
+        if finite(epoch):
             return int(epoch)
         if final:
             return None
         it = result.get("training_iteration")
-        return int(it) if _finite(it) else None
+        return int(it) if finite(it) else None
 
     def _attach(self, index: int, result: Mapping[str, Any]) -> bool:
         data = self._data(result)
@@ -639,8 +637,20 @@ class AxSearcher(Searcher):
         self.__dict__.update(state)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def observation(
+    result: Mapping[str, Any], names: Mapping[str, str]
+) -> dict[str, float | tuple[float, float]]:
+    """Ax's raw data of one report: ``{ax name: (mean, sem)}`` for each metric in
+    ``names`` (our name -> Ax's) with a finite ``<metric>_sem``, ``{ax name: mean}``
+    (noise left to Ax to infer) for one without."""
+    data: dict[str, float | tuple[float, float]] = {}
+    for metric, ax in names.items():
+        value = result.get(metric)
+        if not finite(value):
+            continue
+        sem = result.get(f"{metric}{SEM_SUFFIX}")
+        data[ax] = (float(value), float(sem)) if finite(sem) and sem >= 0 else float(value)
+    return data
 
 
 def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -669,6 +679,6 @@ def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in result.items():
         if k in skip or k.startswith(("config/", "search/")):
             continue
-        if _finite(v) or isinstance(v, str):
+        if finite(v) or isinstance(v, str):
             out[k] = plain(v)
     return out

@@ -37,5 +37,5 @@ def tiny_model(root: Path, phantom_dir: Path, task: str = "binary") -> Path:
                 "data_dir": str(phantom_dir),
                 "cache_dir": str(root / "cache"),
             }
-            run_final(config, out, threshold=0.5, bootstrap=0)
+            run_final(config, out, bootstrap=0)
     return out

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from search.runner import load_trainable, run_search
+from search.runner import run_search
+from search.worker import load_trainable
 from search.space import SpaceConfig
 
 FAKES = Path(__file__).resolve().parent / "search_fakes.py"

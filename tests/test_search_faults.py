@@ -25,15 +25,10 @@ import pytest
 from test_trial import TINY  # the tiny trial of the trial tests
 
 from search.experiment import ExperimentDiskFull, ExperimentFolder, ExperimentLocked
-from search.runner import (
-    SearchError,
-    divergence,
-    fit_concurrency,
-    is_out_of_memory,
-    load_trainable,
-    resume_search,
-    run_search,
-)
+from search.cluster import fit_concurrency
+from search.errors import SearchError
+from search.runner import resume_search, run_search
+from search.worker import divergence, is_out_of_memory, load_trainable
 from search.space import SpaceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -443,7 +438,8 @@ def test_run_trial_stops_at_a_diverged_report_and_keeps_oom_as_the_cause(
     import torch
 
     from pipeline import TrialError, run_trial
-    from search.runner import TrialDiverged, _find
+    from search.worker import TrialDiverged
+    from search.worker import find_in_chain as _find
 
     config = {**TINY, "data_dir": str(phantom_dir), "cache_dir": str(tmp_path / "cache")}
     rows = []
@@ -468,15 +464,8 @@ def test_run_trial_stops_at_a_diverged_report_and_keeps_oom_as_the_cause(
 
 
 def test_a_trial_that_diverges_before_its_first_score_is_failed_in_ax(tmp_path):
-    from search.searcher import (
-        FINAL_KEY,
-        INDEX_KEY,
-        OUTCOME_KEY,
-        REASON_KEY,
-        AxSearcher,
-        ax_trial_statuses,
-        build_client,
-    )
+    from search.keys import FINAL_KEY, INDEX_KEY, OUTCOME_KEY, REASON_KEY
+    from search.searcher import AxSearcher, ax_trial_statuses, build_client
 
     space = _space("early")
     folder = ExperimentFolder.create(tmp_path / "early", space)

@@ -17,7 +17,8 @@ import yaml
 
 from search.__main__ import main
 from search.experiment import ExperimentFolder
-from search.runner import load_trainable, run_search
+from search.runner import run_search
+from search.worker import load_trainable
 from search.space import SpaceConfig
 from search.tracking import offline_runs
 
@@ -181,12 +182,14 @@ def test_report(finished):
     assert "model-free fallback" in text, "four Sobol trials: no fitted model for Ax's sensitivity"
 
 
-def test_promote_with_a_stand_in_for_run_final(finished, monkeypatch):
+def test_promote_bookkeeping_around_run_final(finished, monkeypatch):
+    """What promote does around ``run_final`` (the budget, W&B, promote.yaml); the real
+    ``run_final`` runs end to end in tests/test_main_path.py."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     seen: dict = {}
 
-    def run_final(config, out_dir, *, report, threshold=None):
-        seen.update(config=config, out_dir=out_dir, threshold=threshold)
+    def run_final(config, out_dir, *, report, reference=None, external=None):
+        seen.update(config=config, out_dir=out_dir, reference=reference, external=external)
         for epoch in (1, 2):
             report({"epoch": epoch, "train/loss": 1.0 / epoch})
         (out_dir / "model.pt").write_bytes(b"weights")
@@ -194,23 +197,30 @@ def test_promote_with_a_stand_in_for_run_final(finished, monkeypatch):
 
         for name in ("roc.png", "gallery.png"):  # a curve, and the heat maps of patient images
             plt.imsave(out_dir / name, np.zeros((8, 8)))
-        return {"test/auroc": 0.93, "test/auroc_ci_low": 0.9}
+        return {
+            "metrics": {"test/auroc": 0.93, "test/sensitivity": 0.8},
+            "ci95": {"test/auroc": (0.9, 0.96)},
+            "kept": "final",
+            "decision": {"reason": "nothing to compare it with"},
+        }
 
-    from search.promote import promote
+    from search.promote import headline, promote
 
-    metrics = promote(finished.path, run_final=run_final)
-    assert metrics["test/auroc"] == 0.93
+    summary = promote(finished.path, run_final=run_final)
+    assert summary["metrics"]["test/auroc"] == 0.93
+    assert "test/auroc = 0.930 (95% CI 0.900-0.960)" in headline(summary)
     best = yaml.safe_load((finished.path / "best.yaml").read_text())
     config = seen["config"]
     assert config["lr"] == best["config"]["lr"] and config["epochs"] == 4, (
         "twice the trial's epochs"
     )
     assert "checkpoint_dir" not in config and "threads" not in config
-    assert seen["threshold"] == 0.4, "the threshold the best trial chose on validation"
+    assert seen["reference"] is None, "the fake trainable left no model of record"
     final = finished.path / "final"
     assert seen["out_dir"] == final and (final / "model.pt").is_file()
     record = yaml.safe_load((final / "promote.yaml").read_text())
     assert record["trial"] == best["trial"] and record["metrics"]["test/auroc"] == 0.93
+    assert record["ci95"]["test/auroc"] == [0.9, 0.96] and record["kept"] == "final"
     promoted = [r for r in offline_runs(finished.path) if r.job_type == "promote"]
     assert len(promoted) == 1 and promoted[0].summary["test/auroc"] == 0.93
     assert promoted[0].metric("train/loss") == [1.0, 0.5]

@@ -9,10 +9,10 @@ import yaml
 from ray.tune.search import Searcher
 
 from search.experiment import ExperimentError, ExperimentFolder, ExperimentLocked
-from search.runner import fit_concurrency, reconcile
+from search.cluster import fit_concurrency
+from search.keys import FINAL_KEY, INDEX_KEY
+from search.runner import reconcile
 from search.searcher import (
-    FINAL_KEY,
-    INDEX_KEY,
     AxSearcher,
     RandomProposer,
     TPEProposer,
@@ -49,7 +49,7 @@ def test_searcher_lifecycle_batches_and_statuses(tmp_path):
     space = _space()
     folder = _folder(tmp_path, space)
     client = build_client(space)
-    stopped: set[str] = set()
+    stopped: dict[str, str] = {}
     s = AxSearcher(client, space, folder=folder, max_trials=5, concurrency=2, stopped=stopped)
 
     a = s.suggest("a")
@@ -68,7 +68,7 @@ def test_searcher_lifecycle_batches_and_statuses(tmp_path):
         "a", {FINAL_KEY: 1, "epoch": 2, "val/auroc": 0.8, "search/trainable_s": 0.1}
     )
     s.on_trial_result("b", {"epoch": 1, "val/auroc": 0.6})
-    stopped.add("b")
+    stopped["b"] = "stopped by the test"
     s.on_trial_complete("b", {"epoch": 1, "val/auroc": 0.6})
     c = s.suggest("c")
     d = s.suggest("d")
@@ -184,7 +184,7 @@ def test_concurrency_is_capped_at_what_fits():
     assert fit_concurrency(space, {"CPU": 4.0})[0] == 2
     gpu = _space(concurrency=8, gpus_per_trial=0.5)
     assert fit_concurrency(gpu, {"CPU": 16.0, "GPU": 2.0})[0] == 4
-    from search.runner import SearchError
+    from search.errors import SearchError
 
     with pytest.raises(SearchError, match="--gpus-per-trial 0"):
         fit_concurrency(gpu, {"CPU": 16.0})
@@ -200,11 +200,11 @@ class _Trial:
 def test_ax_early_stopping_scheduler_stops_a_bad_curve():
     from ray.tune.schedulers import TrialScheduler
 
-    from search.runner import build_scheduler
+    from search.stopping import build_scheduler
 
     space = _space(trials=6, concurrency=4, scheduler="ax", grace_period=1, initial_trials=6)
     client = build_client(space)
-    stopped: set[str] = set()
+    stopped: dict[str, str] = {}
     s = AxSearcher(client, space, max_trials=6, concurrency=4, stopped=stopped)
     scheduler = build_scheduler(space, s, stopped)
     good = [s.suggest(t) for t in ("a", "b", "c")]
@@ -231,10 +231,10 @@ def test_ax_early_stopping_scheduler_stops_a_bad_curve():
 def test_asha_records_its_stops_and_lets_the_last_epoch_finish():
     from ray.tune.schedulers import TrialScheduler
 
-    from search.runner import build_scheduler
+    from search.stopping import build_scheduler
 
     space = _space(trials=8, scheduler="asha", epochs=4, grace_period=1, reduction_factor=2)
-    stopped: set[str] = set()
+    stopped: dict[str, str] = {}
     scheduler = build_scheduler(
         space, AxSearcher(build_client(space), space, max_trials=8, concurrency=2), stopped
     )

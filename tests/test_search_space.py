@@ -8,14 +8,9 @@ import pytest
 import yaml
 
 from search.__main__ import main
-from search.space import (
-    ChoiceParameter,
-    FixedParameter,
-    RangeParameter,
-    SpaceConfig,
-    SpaceError,
-    load_space,
-)
+from search.parameters import ChoiceParameter, FixedParameter, RangeParameter
+from search.problems import SpaceError
+from search.space import SpaceConfig, load_space
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "spaces").glob("*.yaml"))
 

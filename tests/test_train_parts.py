@@ -280,7 +280,8 @@ def test_config_keys_are_the_documented_trial_keys():
 
 
 def test_list_parts_by_kind():
-    from pipeline.train import LOSSES, list_parts
+    from pipeline import list_parts
+    from pipeline.train import LOSSES
 
     assert [name for name, _ in list_parts("losses")] == LOSSES.names()
     assert dict(list_parts("ssl_methods"))["none"] == "no self-supervised stage"

@@ -73,12 +73,13 @@ def test_run_final_writes_a_self_describing_model(tiny, tmp_path):
     from pipeline import load_model
 
     out = tmp_path / "final"
-    summary = run_final(tiny, out, threshold=0.5, bootstrap=50)
+    summary = run_final(tiny, out, bootstrap=50)
     for name in ("model.pt", "config.yaml", "metrics.json", "predictions.csv", "report.html"):
         assert (out / name).exists(), name
-    assert summary["threshold_source"] == "validation (search)"
+    assert summary["threshold_source"].startswith("validation, for this model")
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["metrics"]["test/threshold"] == 0.5
+    assert saved["metrics"]["test/threshold"] == summary["threshold"]
+    assert saved["kept"] == "final" and "nothing to compare" in saved["decision"]["reason"]
     model, info = load_model(out)
     assert model.task.name == "binary"
     assert info["spec"]["backbone"] == "test_resnet"
@@ -94,7 +95,7 @@ def test_exported_program_matches_the_state_dict(tiny, tmp_path):
     from pipeline import load_model
 
     out = tmp_path / "final"
-    run_final({**tiny, "epochs": 1}, out, threshold=0.5, bootstrap=0)
+    run_final({**tiny, "epochs": 1}, out, bootstrap=0)
     model, _ = load_model(out)
     program = torch.export.load(str(out / "model.pt2")).module()
     x = torch.rand(3, 1, 32, 32)
@@ -110,7 +111,7 @@ def test_final_model_keeps_its_type_decision(tiny, tmp_path):
 
     config = {**tiny, "task": "schatzker", "type_decision": "balanced", "sampler": "ratio"}
     out = tmp_path / "final"
-    run_final(config, out, threshold=0.5, bootstrap=20)
+    summary = run_final(config, out, bootstrap=20)
     model, info = load_model(out)
     assert info["type_decision"] == model.type_decision == "balanced"
     prior = model.type_prior
@@ -119,5 +120,9 @@ def test_final_model_keeps_its_type_decision(tiny, tmp_path):
     # the reloaded model scores the test split as the run did (same rule, same prior)
     saved = json.loads((out / "metrics.json").read_text())["metrics"]
     with torch.no_grad():
-        again = evaluate(model, prepare_data(TrialConfig.from_dict(config)).test, threshold=0.5)
+        again = evaluate(
+            model,
+            prepare_data(TrialConfig.from_dict(config)).test,
+            threshold=summary["threshold"],
+        )
     assert again.metrics["macro_f1"] == pytest.approx(saved["test/macro_f1"], abs=1e-6)

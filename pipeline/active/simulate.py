@@ -261,7 +261,7 @@ def _train(
         fit(
             cfg.train.replace(seed=member_seed(seed, e)),
             train,
-            cache_root=data.root / "stages",
+            cache_root=data.root,
         ).model
         for e in range(ensemble)
     ]

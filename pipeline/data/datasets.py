@@ -107,6 +107,11 @@ class CachedRadiographs(Dataset):
         """Raw labels (N,), -1 = unlabeled: for samplers and class counts."""
         return np.asarray([i.label for i in self.items], dtype=np.int64)
 
+    @property
+    def groups(self) -> list[str]:
+        """The patient key of every item (N,): crops of one patient belong together."""
+        return [i.patient for i in self.items]
+
     def __len__(self) -> int:
         return len(self.items)
 

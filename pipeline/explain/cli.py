@@ -54,8 +54,8 @@ def main(args: argparse.Namespace) -> int:
         model_data,
     )
     from pipeline.explain.runner import explain_dataset
-    from pipeline.final import load_model
     from pipeline.registry import UnknownNameError
+    from pipeline.train import load_model
     from pipeline.train.runtime import using_threads
 
     try:

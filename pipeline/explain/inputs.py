@@ -68,7 +68,7 @@ def model_data(
     ``data_dir``: use this data folder (with its ``labels.csv``) instead of the one the
     model was trained on. ``threads``: CPU threads for preprocessing and inference.
     """
-    from pipeline.final import load_model
+    from pipeline.train import load_model
     from pipeline.train.runtime import using_threads
     from pipeline.trial import TrialConfig, prepare_data
 

@@ -8,7 +8,13 @@ fractures with their regions, for training and for scoring saliency maps.
 ``write_dicom`` writes one array as a DICOM file in a chosen transfer syntax.
 """
 
-from .dataset import DEFAULT_FRACTURE_RATE, GENERATOR_VERSION, LABEL_COLUMNS, generate
+from .dataset import (
+    DEFAULT_FRACTURE_RATE,
+    GENERATOR_VERSION,
+    LABEL_COLUMNS,
+    generate,
+    planned_labels,
+)
 from .dicom_writer import TRANSFER_SYNTAXES, build_dataset, write_dicom
 from .fractures import SCHATZKER_NAMES
 
@@ -20,5 +26,6 @@ __all__ = [
     "TRANSFER_SYNTAXES",
     "build_dataset",
     "generate",
+    "planned_labels",
     "write_dicom",
 ]

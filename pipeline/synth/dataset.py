@@ -132,6 +132,41 @@ def _integer(name: str, value: object, minimum: int) -> int:
     return number
 
 
+def planned_labels(
+    n: int,
+    seed: int,
+    *,
+    size: int | tuple[int, int] = 512,
+    labeled_fraction: float = 0.3,
+    fracture_rate: float = DEFAULT_FRACTURE_RATE,
+) -> dict[str, int]:
+    """How many labeled frontal knees (and how many fractured) :func:`generate` would
+    write with these arguments, from its plan alone (nothing rendered: milliseconds).
+
+    Rows the readers tie on count as labeled here; the labels CSV sends them to
+    adjudication instead, so the real count is a little lower.
+    """
+    params = _validate(n, seed, size, labeled_fraction, fracture_rate, None, None, 1)
+    plan = plan_dataset(
+        params["n"],
+        params["seed"],
+        size=params["size"],
+        fracture_rate=fracture_rate,
+        labeled_fraction=labeled_fraction,
+        transfer_syntaxes=params["transfer_syntaxes"],
+        bits_stored=params["bits_stored"],
+    )
+    labeled = {
+        r["file"]
+        for r in plan.label_rows
+        if r["schatzker"] or any(r[f"schatzker_{x}"] for x in READERS)
+    }
+    knees = [
+        k for spec in plan.images if spec.view == "AP" and spec.file in labeled for k in spec.knees
+    ]
+    return {"labeled": len(knees), "fractured": sum(k.schatzker > 0 for k in knees)}
+
+
 def _validate(n, seed, size, labeled_fraction, fracture_rate, syntaxes, bits, workers) -> dict:
     n = _integer("n", n, 1)
     seed = _integer("seed", seed, 0)

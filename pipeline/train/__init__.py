@@ -55,6 +55,13 @@ _EXPORTS: dict[str, str] = {
     "build_model": "pipeline.train.models",
     "check_backbone": "pipeline.train.models",
     "list_backbones": "pipeline.train.models",
+    "MODEL_FILE": "pipeline.train.saved",
+    "load_model": "pipeline.train.saved",
+    "model_info": "pipeline.train.saved",
+    "save_model": "pipeline.train.saved",
+    "BOOTSTRAP_METRICS": "pipeline.train.bootstrap",
+    "bootstrap_ci": "pipeline.train.bootstrap",
+    "bootstrap_sem": "pipeline.train.bootstrap",
     "SAMPLERS": "pipeline.train.samplers",
     "build_sampler": "pipeline.train.samplers",
     "list_samplers": "pipeline.train.samplers",
@@ -62,8 +69,6 @@ _EXPORTS: dict[str, str] = {
     "list_ssl_methods": "pipeline.train.ssl",
     "pretrain_ssl": "pipeline.train.ssl",
     "Pretrained": "pipeline.train.stages",
-    "list_parts": "pipeline.train.parts",
-    "train_registries": "pipeline.train.parts",
     "cached_stage": "pipeline.train.cache",
     "pretrain": "pipeline.train.stages",
     "TASKS": "pipeline.train.tasks",
@@ -73,9 +78,11 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "BOOTSTRAP_METRICS",
     "LOSSES",
     "METADATA_TARGETS",
     "METHODS",
+    "MODEL_FILE",
     "SAMPLERS",
     "SSL_METHODS",
     "TASKS",
@@ -90,6 +97,8 @@ __all__ = [
     "TrainConfig",
     "TrainData",
     "TrainError",
+    "bootstrap_ci",
+    "bootstrap_sem",
     "build_loss",
     "build_model",
     "build_sampler",
@@ -107,24 +116,26 @@ __all__ = [
     "list_backbones",
     "list_losses",
     "list_methods",
-    "list_parts",
     "list_samplers",
     "list_ssl_methods",
     "list_tasks",
+    "load_model",
     "metadata_targets",
     "mixmatch_loss",
     "mixup",
+    "model_info",
     "predict",
     "pretrain",
     "pretrain_metadata",
     "pretrain_ssl",
+    "save_model",
     "sharpen",
-    "train_registries",
 ]
 
 
 if TYPE_CHECKING:
     from pipeline.train.batches import TrainData
+    from pipeline.train.bootstrap import BOOTSTRAP_METRICS, bootstrap_ci, bootstrap_sem
     from pipeline.train.cache import cached_stage
     from pipeline.train.config import ConfigError, TrainConfig
     from pipeline.train.loop import Evaluation, FitResult, TrainError, evaluate, fit, predict
@@ -149,8 +160,8 @@ if TYPE_CHECKING:
         check_backbone,
         list_backbones,
     )
-    from pipeline.train.parts import list_parts, train_registries
     from pipeline.train.samplers import SAMPLERS, build_sampler, list_samplers
+    from pipeline.train.saved import MODEL_FILE, load_model, model_info, save_model
     from pipeline.train.ssl import SSL_METHODS, list_ssl_methods, pretrain_ssl
     from pipeline.train.stages import Pretrained, pretrain
     from pipeline.train.tasks import TASKS, Task, get_task, list_tasks

@@ -55,6 +55,13 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
+def dataset_groups(dataset: Dataset) -> list[str] | None:
+    """The patient of every item (N,) when the dataset offers ``groups``, else ``None``
+    (every item its own patient): the unit a bootstrap resamples."""
+    groups = getattr(dataset, "groups", None)
+    return None if groups is None else [str(g) for g in groups]
+
+
 def hidden_labels(dataset: Dataset) -> np.ndarray:
     """True labels an unlabeled dataset knows but does not train on (-1 where unknown)."""
     truth = getattr(dataset, "true_labels", None)

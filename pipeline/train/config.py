@@ -106,7 +106,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, str(f.type), getattr(self, f.name)))
+            object.__setattr__(self, f.name, coerce(f.name, str(f.type), getattr(self, f.name)))
         try:
             check_backbone(self.backbone)
             check_choice("pretrained", self.pretrained, PRETRAINED_CHOICES)
@@ -173,7 +173,7 @@ class TrainConfig:
             )
 
 
-def _coerce(key: str, kind: str, value: Any) -> Any:
+def coerce(key: str, kind: str, value: Any) -> Any:
     """Accept what YAML, Ax and numpy hand over (7.0 for an int, numpy scalars), reject
     the wrong type with the key's name."""
     if isinstance(value, np.generic):

@@ -42,13 +42,15 @@ from pipeline.train.batches import (
     StepSampler,
     TrainData,
     collate_eval,
+    dataset_groups,
     dataset_labels,
     hidden_labels,
 )
+from pipeline.train.bootstrap import bootstrap_keys, bootstrap_sem
 from pipeline.train.config import TrainConfig
 from pipeline.train.losses import Loss, build_loss
-from pipeline.train.methods import Method, StepContext, build_method
-from pipeline.train.metrics import classification_metrics, is_better
+from pipeline.train.methods import METHODS, Method, StepContext, build_method
+from pipeline.train.metrics import classification_metrics, is_better, metric_keys
 from pipeline.train.models import Classifier, ModelSpec, build_model
 from pipeline.train.runtime import (
     derive_seed,
@@ -71,6 +73,32 @@ EVAL_BATCH = 128
 
 class TrainError(RuntimeError):
     """A training run that cannot start or go on; the message says why and what to do."""
+
+
+#: keys of every per-epoch report besides the method's monitors and the validation metrics
+TRAIN_KEYS = (
+    "epoch",
+    "train/loss",
+    "train/lr",
+    "train/epoch_s",
+    "train/images_per_s",
+    "train/labeled_per_s",
+    "train/steps",
+    "time/elapsed_s",
+)
+
+
+def report_keys(task: str, method: str) -> tuple[str, ...]:
+    """Every key of the per-epoch report of a run of ``task`` with ``method``: the
+    training monitors, ``val/<metric>``, ``val/loss`` and ``val/<metric>_sem``."""
+    t = get_task(task)
+    return (
+        *TRAIN_KEYS,
+        *(f"train/{k}" for k in METHODS.get(method).monitors),
+        *(f"val/{k}" for k in metric_keys(t)),
+        "val/loss",
+        *(f"val/{k}_sem" for k in bootstrap_keys(t)),
+    )
 
 
 def default_monitor(task: Task) -> str:
@@ -137,9 +165,11 @@ class TrainModule(L.LightningModule):
         channels_last: bool = False,
         checkpoint_path: Path | None = None,
         type_prior: torch.Tensor | None = None,
+        val_groups: list[str] | None = None,
     ):
         super().__init__()
         self.config = config
+        self.val_groups = val_groups  # (N_val,) patients: the bootstrap's unit
         self.type_prior = type_prior  # (C,) class shares the sampler draws
         self.model = model
         self.loss_x = loss_x
@@ -293,6 +323,18 @@ class TrainModule(L.LightningModule):
         )
         row = {f"val/{k}": v for k, v in metrics.items()}
         row["val/loss"] = float(F.cross_entropy(logits, y))
+        # how much of each score is noise: patient-level bootstrap, decision held fixed
+        sem = bootstrap_sem(
+            torch.softmax(logits, dim=1),
+            y,
+            self.val_groups,
+            task=self.task,
+            threshold=metrics["threshold"],
+            seed=derive_seed(self.config.seed, "bootstrap", self.current_epoch),
+            type_decision=self.config.type_decision,
+            type_prior=self.type_prior,
+        )
+        row.update({f"val/{k}_sem": v for k, v in sem.items()})
         self._val_row = row
 
     # --- epoch end: report, select, stop
@@ -432,8 +474,9 @@ def fit(
     cache_root: str | os.PathLike[str] | None = None,
     backbone_state: dict[str, torch.Tensor] | None = None,
     monitor: str | None = None,
+    until_epoch: int | None = None,
 ) -> FitResult:
-    """Train one model on ``data`` as ``config`` says; return the best validation epoch.
+    """Train one model on ``data`` as ``config`` says; return the kept epoch's model.
 
     - ``report(row)`` gets one flat dict per epoch (``epoch``, ``train/loss``,
       ``val/auroc``, ``train/mask_rate``, ``train/images_per_s``, ...).
@@ -445,11 +488,16 @@ def fit(
       configured pretraining stages.
     - ``monitor``: the validation metric to maximise (default AUROC for the binary
       task, macro-F1 for the 7-class ones).
+    - ``until_epoch``: stop after this epoch (with ``checkpoint_dir``, a later call
+      continues from there): the schedule is still the one of ``config.epochs``.
+      Cross-validation runs its folds side by side this way.
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     with using_threads(config.threads):
-        return _fit(config, data, report, checkpoint_dir, cache_root, backbone_state, monitor)
+        return _fit(
+            config, data, report, checkpoint_dir, cache_root, backbone_state, monitor, until_epoch
+        )
 
 
 def _fit(
@@ -460,6 +508,7 @@ def _fit(
     cache_root: str | os.PathLike[str] | None,
     backbone_state: dict[str, torch.Tensor] | None,
     monitor: str | None,
+    until_epoch: int | None = None,
 ) -> FitResult:
     task = get_task(config.task)
     monitor = monitor or default_monitor(task)
@@ -562,6 +611,7 @@ def _fit(
         channels_last=channels_last,
         checkpoint_path=ckpt,
         type_prior=type_prior,
+        val_groups=dataset_groups(data.val),
     )
     accelerator, devices = _accelerator(device)
     with _quiet_lightning():
@@ -569,7 +619,7 @@ def _fit(
             accelerator=accelerator,
             devices=devices,
             precision=precision,
-            max_epochs=config.epochs,
+            max_epochs=min(config.epochs, until_epoch or config.epochs),
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -591,7 +641,8 @@ def _fit(
     final = module.eval_model()
     if module.best_state is not None:
         final.load_state_dict(module.best_state)
-    final = final.cpu().eval()
+    # the EMA copy was built without gradients; heat maps (GradCAM) need them
+    final = final.cpu().eval().requires_grad_(True)
     if channels_last:
         final = final.to(memory_format=torch.contiguous_format)
     final.type_decision, final.type_prior = config.type_decision, type_prior

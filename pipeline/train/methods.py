@@ -182,6 +182,8 @@ class Method:
     name: ClassVar[str] = ""
     uses_unlabeled: ClassVar[bool] = False
     uses_ema: ClassVar[bool] = False
+    #: the monitors ``step`` returns (reported per epoch as ``train/<name>``)
+    monitors: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, num_classes: int, prior: torch.Tensor, **params: Any):
         self.num_classes = num_classes
@@ -214,6 +216,7 @@ class Supervised(Method):
     """Labeled data only, weak augmentation."""
 
     name = "supervised"
+    monitors = ("loss_x",)
 
     def step(
         self, ctx: StepContext, batch: dict[str, torch.Tensor]
@@ -243,6 +246,7 @@ class FixMatch(Method):
     name = "fixmatch"
     uses_unlabeled = True
     uses_ema = True
+    monitors = ("loss_x", "loss_u", "mask_rate", "pseudo_acc")
 
     def __init__(
         self,
@@ -312,6 +316,7 @@ class MixMatch(Method):
     name = "mixmatch"
     uses_unlabeled = True
     uses_ema = True
+    monitors = ("loss_x", "loss_u", "rampup", "pseudo_acc")
 
     def __init__(
         self,

@@ -30,6 +30,29 @@ from pipeline.train.tasks import Task
 THRESHOLD_METRICS = ("f2", "f1", "balanced_accuracy", "youden")
 TYPE_DECISIONS = ("argmax", "threshold", "balanced")
 ECE_BINS = 15
+#: keys of :func:`classification_metrics` for every task, and those 7-class tasks add
+METRIC_KEYS = (
+    "auroc",
+    "ap",
+    "sensitivity",
+    "specificity",
+    "balanced_accuracy",
+    "precision",
+    "f1",
+    "f2",
+    "macro_f1",
+    "accuracy",
+    "ece",
+    "threshold",
+    "n",
+    "prevalence",
+)
+TYPE_METRIC_KEYS = ("kappa", "auroc_types", "type_balanced_accuracy")
+
+
+def metric_keys(task: Task) -> tuple[str, ...]:
+    """The keys :func:`classification_metrics` returns for ``task``."""
+    return METRIC_KEYS + (TYPE_METRIC_KEYS if task.is_multiclass else ())
 
 
 def _fbeta(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, beta: float) -> torch.Tensor:
