@@ -50,7 +50,7 @@ def test_fixmatch_space_fits_the_cpu_budget():
         "backbone",
         "loss",
         "sampler_ratio",
-        "threshold",
+        "pseudo_label_threshold",
         "ssl_epochs",
         "lr",
         "weight_decay",

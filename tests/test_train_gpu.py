@@ -54,7 +54,7 @@ def test_fit_on_the_gpu_is_mixed_precision_channels_last_and_learns(method, data
         batch_size=16,
         lr=3e-3,
         mu=2,
-        threshold=0.7,
+        pseudo_label_threshold=0.7,
     )
     rows = []
     result = fit(config, data, report=rows.append)

@@ -240,7 +240,7 @@ def test_config_rejects_unknown_keys_with_a_suggestion():
     [
         ({"loss": "focall"}, "did you mean 'focal'"),
         ({"method": "fixmach"}, "did you mean 'fixmatch'"),
-        ({"threshold": 1.5}, "threshold must be in"),
+        ({"pseudo_label_threshold": 1.5}, "pseudo_label_threshold must be in"),
         ({"mu": 0}, "mu must be"),
         ({"batch_size": 2.5}, "batch_size must be an int"),
         ({"sampler_ratio": -0.1}, "sampler_ratio"),

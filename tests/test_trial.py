@@ -28,8 +28,8 @@ def tiny(phantom_dir, tmp_path):
 
 
 def test_unknown_key_suggests_the_closest():
-    with pytest.raises(TrialConfigError, match="did you mean 'threshold'"):
-        TrialConfig.from_dict({"treshold": 0.9})
+    with pytest.raises(TrialConfigError, match="did you mean 'pseudo_label_threshold'"):
+        TrialConfig.from_dict({"pseudo_label_treshold": 0.9})
 
 
 def test_bad_values_name_the_key():
@@ -43,7 +43,14 @@ def test_bad_values_name_the_key():
 
 def test_trial_keys_cover_every_group():
     keys = trial_keys()
-    for key in ("data_dir", "image_size", "clahe_clip", "method", "threshold", "sampler_ratio"):
+    for key in (
+        "data_dir",
+        "image_size",
+        "clahe_clip",
+        "method",
+        "pseudo_label_threshold",
+        "sampler_ratio",
+    ):
         assert key in keys
     assert TrialConfig.from_dict({}).to_dict().keys() == keys.keys()
 

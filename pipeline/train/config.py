@@ -49,7 +49,7 @@ class TrainConfig:
     ssl_lr: float = 1e-3
     # method (paper defaults: FixMatch 0.95 / 1 / 7, MixMatch T 0.5, K 2, alpha 0.75)
     method: str = "supervised"
-    threshold: float = 0.95
+    pseudo_label_threshold: float = 0.95  # FixMatch: the confidence a pseudo-label needs
     lambda_u: float = 1.0
     mu: int = 7
     dist_align: bool = False
@@ -126,7 +126,12 @@ class TrainConfig:
         _check(self, "metadata_epochs", self.metadata_epochs >= 0, ">= 0")
         _check(self, "ssl_epochs", self.ssl_epochs >= 0, ">= 0")
         _check(self, "ssl_lr", self.ssl_lr > 0, "> 0")
-        _check(self, "threshold", 0.0 <= self.threshold <= 1.0, "in [0, 1]")
+        _check(
+            self,
+            "pseudo_label_threshold",
+            0.0 <= self.pseudo_label_threshold <= 1.0,
+            "in [0, 1]",
+        )
         _check(self, "lambda_u", self.lambda_u >= 0, ">= 0")
         _check(self, "mu", self.mu >= 1, ">= 1")
         _check(self, "ema_decay", 0.0 <= self.ema_decay < 1.0, "in [0, 1)")

@@ -524,7 +524,7 @@ def _fit(
         config.method,
         num_classes=task.num_classes,
         prior=prior,
-        threshold=config.threshold,
+        pseudo_label_threshold=config.pseudo_label_threshold,
         lambda_u=config.lambda_u,
         mu=config.mu,
         dist_align=config.dist_align,

@@ -253,14 +253,15 @@ class FixMatch(Method):
         *,
         num_classes: int,
         prior: torch.Tensor,
-        threshold: float = 0.95,
+        pseudo_label_threshold: float = 0.95,
         lambda_u: float = 1.0,
         mu: int = 7,
         dist_align: bool = False,
         **params: Any,
     ):
         super().__init__(num_classes=num_classes, prior=prior)
-        self.threshold, self.lambda_u, self.mu = float(threshold), float(lambda_u), int(mu)
+        self.threshold = float(pseudo_label_threshold)  # the paper's tau
+        self.lambda_u, self.mu = float(lambda_u), int(mu)
         self.aligner = _Aligner(num_classes) if dist_align else None
 
     def unlabeled_batch_size(self, batch_size: int) -> int:
@@ -386,7 +387,8 @@ class MixMatch(Method):
 
 
 def build_method(name: str, *, num_classes: int, prior: torch.Tensor, **params: Any) -> Method:
-    """The method ``name``; ``params`` are trial keys (threshold, lambda_u, mu, T, K, ...)."""
+    """The method ``name``; ``params`` are trial keys (pseudo_label_threshold, lambda_u, mu, T,
+    K, ...)."""
     return METHODS.get(name)(num_classes=num_classes, prior=prior, **params)
 
 
