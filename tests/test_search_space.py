@@ -201,7 +201,7 @@ def test_parameter_forms_and_conditions(tmp_path):
         """
 parameters:
   method: fixmatch                                   # fixed
-  threshold: {type: range, bounds: [0.8, 0.99], when: {method: fixmatch}}   # always active
+  pseudo_label_threshold: {type: range, bounds: [0.8, 0.99], when: {method: fixmatch}}   # always active
   T: {type: range, bounds: [0.3, 1.0], when: {method: mixmatch}}           # never active: dropped
   loss: [ce, focal]                                  # shorthand choice
   focal_gamma: {type: range, bounds: [1, 3], value_type: float, when: {loss: focal}}
@@ -214,7 +214,7 @@ parameters:
     ps = space.parameters
     assert ps.fixed == {"method": "fixmatch"}
     assert "T" not in ps.names
-    threshold = ps.get("threshold")
+    threshold = ps.get("pseudo_label_threshold")
     assert isinstance(threshold, RangeParameter) and threshold.when is None
     gamma = ps.get("focal_gamma")
     assert (

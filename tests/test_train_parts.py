@@ -275,7 +275,7 @@ def test_config_keys_are_the_documented_trial_keys():
     }  # input channels come with the data; folders are fit() arguments
     assert set(TrainConfig.keys()) == documented - data_keys
     defaults = TrainConfig()
-    assert (defaults.threshold, defaults.lambda_u, defaults.mu) == (0.95, 1.0, 7)
+    assert (defaults.pseudo_label_threshold, defaults.lambda_u, defaults.mu) == (0.95, 1.0, 7)
     assert (defaults.T, defaults.K, defaults.alpha) == (0.5, 2, 0.75)
 
 
