@@ -24,7 +24,7 @@ from pipeline.train.ssl import SSL_METHODS
 from pipeline.train.tasks import TASKS
 
 OPTIMIZERS = ("adamw", "sgd")
-PRECISIONS = ("auto", "32", "bf16", "16")
+PRECISIONS = ("auto", "bf16-if-native", "32", "bf16", "16")
 #: Which epoch's weights ``fit`` keeps: the best validation monitor, or the last epoch.
 SELECTIONS = ("best", "last")
 
