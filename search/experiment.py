@@ -1,15 +1,26 @@
 """The experiment folder ``results/<name>/``: everything one search leaves behind.
 
-    space.yaml        the resolved space (after command-line overrides), loadable again
+    space.yaml        the resolved space (after command-line overrides), without local paths
     ax_state.json     the Ax client (experiment + generation strategy), after every change
     experiment.json   sessions, status and one record per trial (the bookkeeping)
     trials.csv        one row per trial: parameters, status, metrics, epochs, duration, node
     history.jsonl     every per-epoch report of every trial (learning curves)
     best.yaml         the best completed trial that meets the outcome constraints
-    ray/session-N/    Ray Tune's experiment folder of each run or resume
+    checkpoints/      each trial's checkpoint folder (``trial-0007/``: its model of record)
     wandb/            the W&B runs when offline
     report.html       ``python -m search report``
     final/            ``python -m search promote``
+
+The folder can be shared: it holds no local path of the data, no host name and no user
+name (see :mod:`search.privacy`). What stays on the machine lives beside it, in
+``results/.local/<experiment id>/`` (the id is in ``experiment.json``)::
+
+    paths.json        where the data is: data_dir, labels, cache_dir (resume reads them)
+    ray/session-N/    Ray Tune's working folder of each run or resume
+    wandb-logs/       W&B's debug logs of each run
+
+Without it (the folder was copied alone), ``resume`` and ``promote`` refuse until the
+data location is given again (``python -m search resume results/<name> --data DIR``).
 
 State files are written atomically (temporary file, then rename), so a driver killed at
 any moment leaves each of them either before or after a change, never half-written; a
@@ -32,8 +43,8 @@ import io
 import json
 import os
 import shutil
+import secrets
 import signal
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -43,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from search.privacy import public, public_command, public_text, stow_wandb_logs
+from search.sections import DataSection
 from search.space import SpaceConfig
 from search.values import finite
 
@@ -57,6 +70,14 @@ HISTORY_FILE = "history.jsonl"
 BEST_FILE = "best.yaml"
 LOCK_FILE = ".lock"
 LOCK_OWNER_FILE = ".lock.owner"
+CHECKPOINTS_DIR = "checkpoints"
+#: beside the experiment folders: what stays on this machine, one folder per experiment id
+LOCAL_DIR = ".local"
+PATHS_FILE = "paths.json"
+#: the data section's local paths: kept in ``results/.local/<id>/paths.json``, never in
+#: the experiment folder (folder names can name patients); the first two are needed to go on
+LOCAL_KEYS = ("data_dir", "labels", "cache_dir")
+REQUIRED_LOCAL_KEYS = ("data_dir", "labels")
 
 #: trial statuses in ``experiment.json`` / ``trials.csv``
 QUEUED, RUNNING, COMPLETED, FAILED, EARLY_STOPPED, INTERRUPTED = (
@@ -76,6 +97,11 @@ class ExperimentError(RuntimeError):
 
 class ExperimentLocked(ExperimentError):
     """Another driver holds the experiment's lock."""
+
+
+class DataLocationUnknown(ExperimentError):
+    """The experiment ran on a data folder whose location this machine does not know
+    (the folder was copied without ``results/.local``): give it again with ``--data``."""
 
 
 class ExperimentDiskFull(ExperimentError):
@@ -159,6 +185,7 @@ class ExperimentFolder:
         self.path = Path(path).resolve()
         self._state: dict[str, Any] | None = None
         self._space: SpaceConfig | None = None
+        self._local_paths: dict[str, str] | None = None
 
     # ---- paths ---------------------------------------------------------------------
     @property
@@ -182,8 +209,33 @@ class ExperimentFolder:
         return self.path / HISTORY_FILE
 
     @property
+    def checkpoints_dir(self) -> Path:
+        """Each trial's checkpoint folder (``trial-0007``), written by the trial itself."""
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def id(self) -> str:
+        """The experiment's random id, which names its local folder (given to a folder
+        made before there was one, on first use)."""
+        if not self.state.get("id"):
+            self.state["id"] = secrets.token_hex(8)
+            self.save_state()
+        return str(self.state["id"])
+
+    @property
+    def local_dir(self) -> Path:
+        """What stays on this machine (``results/.local/<id>``): see the module docstring."""
+        return self.path.parent / LOCAL_DIR / self.id
+
+    @property
     def ray_dir(self) -> Path:
-        return self.path / "ray"
+        """Ray Tune's working folder (it names local folders and machines: kept local)."""
+        return self.local_dir / "ray"
+
+    @property
+    def wandb_logs_dir(self) -> Path:
+        """Where W&B's debug logs of finished runs go (they name local folders)."""
+        return self.local_dir / "wandb-logs"
 
     @property
     def wandb_dir(self) -> Path:
@@ -232,19 +284,18 @@ class ExperimentFolder:
         folder is an experiment once it exists)."""
         self.check_new()
         self.path.mkdir(parents=True, exist_ok=True)
-        with disk_full_is_clear(self.path / SPACE_FILE, self.path):
-            atomic_write_text(self.path / SPACE_FILE, space.to_yaml())
         self._state = {
             "name": self.name,
+            "id": secrets.token_hex(8),
             "space": space.name,
-            "source": space.source,
+            "source": _source_name(space.source),
             "created": now_iso(),
             "status": "created",
             "check_names": space.check_names,
             "sessions": [],
             "trials": {},
         }
-        self._space = space
+        self._write_space(space)
         self.save_state()
 
     @classmethod
@@ -286,11 +337,13 @@ class ExperimentFolder:
                 f"driver and continue with `{resume_command(self.path)}`"
             ) from None
         try:
+            if (self.path / STATE_FILE).is_file():
+                self._check_data_location()
+            # no host or user: the folder may be shared (the pid tells a local driver)
             info = {
                 "pid": os.getpid(),
-                "host": socket.gethostname(),
                 "since": now_iso(),
-                "command": command,
+                "command": public_command(command) if command else None,
             }
             with disk_full_is_clear(self.path / LOCK_OWNER_FILE, self.path):
                 atomic_write_json(self.path / LOCK_OWNER_FILE, info)
@@ -298,6 +351,7 @@ class ExperimentFolder:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 (self.path / LOCK_OWNER_FILE).unlink()
+            lock.release()
             lock.release()
 
     def is_locked(self) -> bool:
@@ -315,7 +369,7 @@ class ExperimentFolder:
     def _lock_owner(self) -> str:
         try:
             info = json.loads((self.path / LOCK_OWNER_FILE).read_text())
-            text = f" (pid {info['pid']} on {info['host']} since {info['since']}"
+            text = f" (pid {info['pid']} since {info['since']}"
         except (OSError, ValueError, KeyError, TypeError):
             return ""
         if info.get("command"):

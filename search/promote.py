@@ -50,7 +50,6 @@ def final_config(
     trial_epochs = int(best.get("epochs") or config.get("epochs") or default_epochs)
     config["epochs"] = int(epochs or final_epochs or 2 * trial_epochs)
     config.pop("time_budget_s", None)
-    config.pop("steps_per_epoch", None)
     if not config.get("cache_dir") and "data_dir" in config:
         config["cache_dir"] = str(pipeline.cache_home().resolve())
     return config

@@ -57,7 +57,7 @@ from search.keys import (
     RETRY_KEY,
     SEM_SUFFIX,
 )
-from search.parameters import RangeParameter
+from search.parameters import ChoiceParameter, RangeParameter
 from search.space import SpaceConfig
 from search.values import finite, plain
 
@@ -85,36 +85,70 @@ def quiet_ax() -> Iterator[None]:
         yield
 
 
+#: how Ax names a parameter that several values of its parent activate: Ax's hierarchical
+#: spaces are trees (one parent value per child), so such a parameter becomes one Ax
+#: parameter per activating value (``ssl_epochs__when_simclr``, ``ssl_epochs__when_byol``),
+#: and back to one name in every trial config and record
+BRANCH = "__when_"
+
+
+def _branches(p: RangeParameter | ChoiceParameter) -> list[tuple[str, Any]]:
+    """(Ax name, activating parent value or None) of one of our parameters."""
+    if p.when is None or len(p.when.values) == 1:
+        return [(p.name, None)]
+    return [(f"{p.name}{BRANCH}{v}", v) for v in p.when.values]
+
+
+def from_ax(space: SpaceConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Ax's parameters of a trial -> ours (the branch copies back to their one name)."""
+    return {n.split(BRANCH, 1)[0]: plain(v) for n, v in params.items()}
+
+
+def to_ax(space: SpaceConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Our parameters of a trial -> Ax's (a multi-branch parameter under its branch's name)."""
+    out = {}
+    for p in space.parameters.searched:
+        if p.name in params:
+            branch = dict((v, n) for n, v in _branches(p))
+            key = p.name if None in branch else branch.get(params.get(p.when.parent), p.name)
+            out[key] = params[p.name]
+    return out
+
+
+def _ax_parameter(p: RangeParameter | ChoiceParameter, name: str, space: SpaceConfig) -> Any:
+    if isinstance(p, RangeParameter):
+        return RangeParameterConfig(
+            name=name,
+            bounds=(p.bounds[0], p.bounds[1]),
+            parameter_type=p.value_type,
+            scaling=p.scale,
+            step_size=p.step,
+        )
+    children: dict[Any, list[str]] = {}
+    for child in space.parameters.searched:
+        if child.when is not None and child.when.parent == p.name:
+            for ax_name, value in _branches(child):
+                for v in [value] if value is not None else child.when.values:
+                    children.setdefault(v, []).append(ax_name)
+    return ChoiceParameterConfig(
+        name=name,
+        values=list(p.values),
+        parameter_type=p.value_type,
+        is_ordered=p.ordered,
+        dependent_parameters={v: children.get(v, []) for v in p.values} if children else None,
+    )
+
+
 def build_client(space: SpaceConfig) -> Client:
     """An Ax client configured from a space: parameters (with conditions and linear
     constraints), objective and outcome constraints, and a seeded generation strategy."""
     with quiet_ax():
         client = Client(random_seed=space.seed)
-        params: list[Any] = []
-        for p in space.parameters.searched:
-            if isinstance(p, RangeParameter):
-                params.append(
-                    RangeParameterConfig(
-                        name=p.name,
-                        bounds=(p.bounds[0], p.bounds[1]),
-                        parameter_type=p.value_type,
-                        scaling=p.scale,
-                        step_size=p.step,
-                    )
-                )
-            else:
-                children = space.parameters.children(p.name)
-                params.append(
-                    ChoiceParameterConfig(
-                        name=p.name,
-                        values=list(p.values),
-                        parameter_type=p.value_type,
-                        is_ordered=p.ordered,
-                        dependent_parameters={v: children.get(v, []) for v in p.values}
-                        if children
-                        else None,
-                    )
-                )
+        params = [
+            _ax_parameter(p, name, space)
+            for p in space.parameters.searched
+            for name, _ in _branches(p)
+        ]
         client.configure_experiment(
             parameters=params,
             parameter_constraints=list(space.parameters.constraints) or None,
@@ -566,7 +600,9 @@ class AxSearcher(Searcher):
         new: dict[int, dict[str, Any]] = {}
         with quiet_ax():
             if self._baseline and not self._params:  # a new experiment: the baseline first
-                index = int(self._client.attach_trial(parameters=dict(self._baseline)))
+                index = int(
+                    self._client.attach_trial(parameters=to_ax(self._space, self._baseline))
+                )
                 new[index] = dict(self._baseline)
             try:
                 new.update(self._propose(k - len(new)))
@@ -588,13 +624,13 @@ class AxSearcher(Searcher):
             return {}
         if self._proposer is None:
             return {
-                int(i): {n: plain(v) for n, v in p.items()}
+                int(i): from_ax(self._space, p)
                 for i, p in self._client.get_next_trials(max_trials=k).items()
             }
         new = {}
         for _ in range(k):
             params, token = self._proposer.propose()
-            index = int(self._client.attach_trial(parameters=params))
+            index = int(self._client.attach_trial(parameters=to_ax(self._space, params)))
             self._tokens[index] = token
             new[index] = params
         return new

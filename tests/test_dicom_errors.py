@@ -14,7 +14,6 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pipeline import dicom
 from pipeline.__main__ import main as pipeline_main
 from pipeline.dicom import (
     CorruptDicomError,
@@ -28,6 +27,7 @@ from pipeline.dicom import (
     UnsupportedImageError,
     UnsupportedTransferSyntaxError,
     decode_pixels,
+    decoders,
     read_radiograph,
     scan_folder,
 )
@@ -221,7 +221,7 @@ def test_generated_error_cases(tmp_path):
 
 
 def test_missing_decoder_names_the_package_to_install(monkeypatch):
-    monkeypatch.setattr(dicom, "_available_plugins", lambda ts: ())
+    monkeypatch.setattr(decoders, "_available_plugins", lambda ts: ())
     with pytest.raises(UnsupportedTransferSyntaxError) as info:
         read_radiograph(TEST_FILES / "JPEG2000.dcm")
     message = str(info.value)

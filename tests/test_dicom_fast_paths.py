@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import mmap
+import multiprocessing
 
-from pipeline.dicom import GreyLevelChain, Window
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+
+from pipeline.dicom import (
+    CorruptDicomError,
+    DicomError,
+    GreyLevelChain,
+    Window,
+    decoders,
+    read_radiograph,
+    read_raw,
+    reading,
+)
 
 # 700 x 800 pixels: more than two blocks of rows of the blocked passes
 SHAPE = (700, 800)
@@ -46,7 +69,6 @@ def test_numpy_affine_path_over_many_blocks():
 
 
 def test_threaded_table_lookup_matches_one_thread():
-    import cv2
 
     rng = np.random.default_rng(6)
     chain = GreyLevelChain(
@@ -69,14 +91,6 @@ def test_threaded_table_lookup_matches_one_thread():
 
 
 def _native_file(path, pixels: np.ndarray, *, implicit: bool = False, big_endian: bool = False):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        ExplicitVRBigEndian,
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -106,7 +120,6 @@ def _native_file(path, pixels: np.ndarray, *, implicit: bool = False, big_endian
 
 
 def _mapping_of(array: np.ndarray):
-    import mmap
 
     base = array
     while base is not None and not isinstance(base, memoryview):
@@ -120,12 +133,8 @@ def _mapping_of(array: np.ndarray):
     ids=["u16", "i16", "u8", "implicit-u16"],
 )
 def test_native_pixels_are_mapped_from_the_file(tmp_path, monkeypatch, dtype, implicit):
-    import pydicom
 
-    from pipeline import dicom
-    from pipeline.dicom import read_radiograph, read_raw
-
-    monkeypatch.setattr(dicom, "_DEFER_BYTES", 1024)  # tiny images: defer their pixels too
+    monkeypatch.setattr(reading, "_DEFER_BYTES", 1024)  # tiny images: defer their pixels too
 
     rng = np.random.default_rng(7)
     info = np.iinfo(np.dtype(dtype))
@@ -143,10 +152,8 @@ def test_native_pixels_are_mapped_from_the_file(tmp_path, monkeypatch, dtype, im
 
 
 def test_big_endian_pixels_are_read_not_mapped(tmp_path, monkeypatch):
-    from pipeline import dicom
-    from pipeline.dicom import read_raw
 
-    monkeypatch.setattr(dicom, "_DEFER_BYTES", 1024)
+    monkeypatch.setattr(reading, "_DEFER_BYTES", 1024)
 
     pixels = np.arange(40 * 30, dtype="<u2").reshape(40, 30) % 4096
     path = _native_file(tmp_path / "be.dcm", pixels, big_endian=True)
@@ -156,10 +163,8 @@ def test_big_endian_pixels_are_read_not_mapped(tmp_path, monkeypatch):
 
 
 def test_truncated_native_pixels_are_refused_before_mapping(tmp_path, monkeypatch):
-    from pipeline import dicom
-    from pipeline.dicom import CorruptDicomError, read_radiograph
 
-    monkeypatch.setattr(dicom, "_DEFER_BYTES", 1024)
+    monkeypatch.setattr(reading, "_DEFER_BYTES", 1024)
 
     pixels = np.zeros((40, 30), dtype="<u2")
     path = _native_file(tmp_path / "cut.dcm", pixels)
@@ -170,9 +175,6 @@ def test_truncated_native_pixels_are_refused_before_mapping(tmp_path, monkeypatc
 
 
 def test_threaded_table_lookup_works_after_fork():
-    import multiprocessing
-
-    import cv2
 
     chain = GreyLevelChain(
         bits_stored=12, signed=False, window=Window(center=1800.0, width=1200.0, function="SIGMOID")
@@ -232,10 +234,8 @@ def test_opencv_affine_pass_refuses_stray_bits_for_the_table():
 
 
 def _rle_file(path, pixels: np.ndarray):
-    from pydicom.uid import RLELossless
 
     _native_file(path, pixels)
-    import pydicom
 
     ds = pydicom.dcmread(path)
     ds.compress(RLELossless, encoding_plugin="pylibjpeg")
@@ -246,17 +246,13 @@ def _rle_file(path, pixels: np.ndarray):
 @pytest.mark.parametrize("dtype", ["<u2", "<i2", "u1"])
 def test_rle_is_decoded_directly_as_pydicom_decodes_it(tmp_path, dtype):
     pytest.importorskip("rle")
-    import pydicom
-
-    from pipeline import dicom
-    from pipeline.dicom import read_raw
 
     rng = np.random.default_rng(10)
     lo, hi = {"<u2": (0, 4096), "<i2": (-2048, 2048), "u1": (0, 256)}[dtype]
     pixels = rng.integers(lo, hi, size=(40, 30)).astype(dtype)
     path = _rle_file(tmp_path / "rle.dcm", pixels)
-    ds = dicom._read_for_pixels(path)
-    direct = dicom._rle_direct(ds, path)
+    ds = reading._read_for_pixels(path)
+    direct = decoders._rle_direct(ds, path)
     assert direct is not None and direct.dtype == np.dtype(dtype)
     reference = pydicom.dcmread(path).pixel_array
     np.testing.assert_array_equal(direct, reference)
@@ -265,18 +261,14 @@ def test_rle_is_decoded_directly_as_pydicom_decodes_it(tmp_path, dtype):
 
 def test_corrupt_rle_leaves_the_direct_path_and_fails_clearly(tmp_path):
     pytest.importorskip("rle")
-    import pydicom
-
-    from pipeline import dicom
-    from pipeline.dicom import DicomError, read_radiograph
 
     pixels = np.arange(40 * 30, dtype="<u2").reshape(40, 30) % 4096
     path = _rle_file(tmp_path / "bad.dcm", pixels)
     ds = pydicom.dcmread(path)
-    frame = dicom._single_frame(ds.PixelData)
+    frame = decoders._single_frame(ds.PixelData)
     ds.PixelData = pydicom.encaps.encapsulate([frame[: len(frame) // 2]])  # segments cut short
     ds.save_as(path, enforce_file_format=True)
-    assert dicom._rle_direct(dicom._read_for_pixels(path), path) is None
+    assert decoders._rle_direct(reading._read_for_pixels(path), path) is None
     with pytest.raises(DicomError, match=r"bad\.dcm.*could decode the RLE"):
         read_radiograph(path)
     with pytest.raises(Exception, match="end of the data"):  # as pydicom itself says
@@ -284,14 +276,13 @@ def test_corrupt_rle_leaves_the_direct_path_and_fails_clearly(tmp_path):
 
 
 def test_single_frame_refuses_malformed_item_sequences():
-    from pipeline.dicom import _single_frame
 
     item = b"\xfe\xff\x00\xe0"
     good = item + (0).to_bytes(4, "little") + item + (4).to_bytes(4, "little") + b"abcd"
-    assert _single_frame(good) == b"abcd"
+    assert decoders._single_frame(good) == b"abcd"
     two = good + item + (2).to_bytes(4, "little") + b"ef"
-    assert _single_frame(two) == b"abcdef"
-    assert _single_frame(item + (0).to_bytes(4, "little")) is None  # no fragment
-    assert _single_frame(good[:-1]) is None  # a fragment running past the end
-    assert _single_frame(b"\x00\x00\x00\x00" + good[4:]) is None  # not an item
-    assert _single_frame(b"") is None
+    assert decoders._single_frame(two) == b"abcdef"
+    assert decoders._single_frame(item + (0).to_bytes(4, "little")) is None  # no fragment
+    assert decoders._single_frame(good[:-1]) is None  # a fragment running past the end
+    assert decoders._single_frame(b"\x00\x00\x00\x00" + good[4:]) is None  # not an item
+    assert decoders._single_frame(b"") is None

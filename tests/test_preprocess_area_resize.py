@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.preprocess.steps import TWO_STAGE_PIXELS, area_resize
+from pipeline.preprocess.arrays import TWO_STAGE_PIXELS, area_resize
 
 
 def _radiograph_like(h: int, w: int) -> np.ndarray:

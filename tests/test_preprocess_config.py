@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.preprocess import PreprocessConfig, PreprocessConfigError
 from pipeline.preprocess.config import TRIAL_DEFAULTS
+from pipeline.preprocess.localizer import WEIGHTS_FILE
 
 STEPS = [
     "clean",
@@ -65,8 +66,6 @@ def test_key_is_stable_and_follows_every_parameter():
 
 
 def test_key_follows_the_localizer_weights(tmp_path):
-    from pipeline.preprocess.localizer import WEIGHTS_FILE
-
     copy = tmp_path / "w.npz"
     copy.write_bytes(WEIGHTS_FILE.read_bytes())
     same = PreprocessConfig.from_dict({"steps": [{"localize": {"weights": str(copy)}}]})

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.dicom import read_radiograph, read_raw
-from pipeline.preprocess import PreprocessConfig, build_cache, preprocess
+from pipeline.preprocess import PreprocessConfig, build_cache, cropfirst, preprocess
+from pipeline.preprocess.arrays import area_resize
+from pipeline.preprocess.background import analyse_background, clean_background
 from pipeline.preprocess.cropfirst import plan, preprocess_file, preprocess_raw
 from pipeline.preprocess.localizer import box_iou
-from pipeline.preprocess.steps import analyse_background, clean_background
 
 
 def truth_records(folder: Path) -> list[dict]:
@@ -50,8 +51,6 @@ def test_background_analysis_matches_clean_background(phantom_dir):
         n = max(h, w)
         small = image if n <= 256 else None
         if small is None:
-            from pipeline.preprocess.steps import area_resize
-
             small = area_resize(image, (round(w * 256 / n), round(h * 256 / n)))
         a = analyse_background(small)
         assert a.region((w, h)) == old.region
@@ -111,8 +110,6 @@ def test_stray_high_bits_take_the_full_resolution_path(phantom_dir, monkeypatch)
     raw.view(f"u{raw.dtype.itemsize}")[0, 0] |= 1 << (8 * raw.dtype.itemsize - 1)  # a stray bit
     dirty = type(r)(raw=raw, chain=r.chain, mask_unused_bits=True, meta=r.meta, path=r.path)
     calls = []
-    import pipeline.preprocess.cropfirst as cropfirst
-
     monkeypatch.setattr(cropfirst, "run_crop_first", lambda *a: calls.append(a) or [])
     crops = preprocess_raw(dirty, config)
     assert not calls and len(crops) >= 1  # averaged before masking would be wrong

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.__main__ import main
+from pipeline.dicom import read_radiograph
 from pipeline.preprocess import KneeLocalizer, PreprocessConfig, PreprocessWarning, preprocess
 from pipeline.preprocess.localizer import (
     DIM,
@@ -77,8 +79,6 @@ def test_localization_iou_on_the_phantom(phantom_dir):
 
 
 def test_bilateral_images_give_two_crops_with_the_right_laterality(phantom_dir):
-    from pipeline.dicom import read_radiograph
-
     config = PreprocessConfig.from_trial({"image_size": 32})
     bilateral = [t for t in truth_records(phantom_dir) if t["bilateral"] and t["view"] == "AP"]
     assert bilateral, "the phantom has bilateral images"
@@ -93,8 +93,6 @@ def test_bilateral_images_give_two_crops_with_the_right_laterality(phantom_dir):
 
 
 def test_unilateral_images_give_one_crop_on_the_knee(phantom_dir):
-    from pipeline.dicom import read_radiograph
-
     config = PreprocessConfig.from_trial({"image_size": 32})
     single = [t for t in truth_records(phantom_dir) if not t["bilateral"] and t["view"] == "AP"][:6]
     for t in single:
@@ -107,8 +105,6 @@ def test_unilateral_images_give_one_crop_on_the_knee(phantom_dir):
 
 
 def test_pixel_spacing_sets_the_physical_scale(phantom_dir):
-    from pipeline.dicom import read_radiograph
-
     t = next(t for t in truth_records(phantom_dir) if t["view"] == "AP" and not t["bilateral"])
     r = read_radiograph(phantom_dir / t["file"])
     loc = KneeLocalizer.load()
@@ -123,8 +119,6 @@ def test_pixel_spacing_sets_the_physical_scale(phantom_dir):
 
 
 def test_orientation_decides_which_side_is_the_right_knee(phantom_dir):
-    from pipeline.dicom import read_radiograph
-
     t = next(t for t in truth_records(phantom_dir) if t["bilateral"] and t["view"] == "AP")
     work = prepare(read_radiograph(phantom_dir / t["file"]))
     loc = KneeLocalizer.load()
@@ -151,8 +145,6 @@ def test_an_image_without_a_knee_falls_back_to_a_centre_crop_with_a_warning():
 
 
 def test_preprocessing_a_phantom_file_is_deterministic(phantom_dir):
-    from pipeline.dicom import read_radiograph
-
     f = phantom_dir / load_truth(phantom_dir)[0].file
     config = PreprocessConfig.default()
     with warnings.catch_warnings():
@@ -169,8 +161,6 @@ def test_preprocessing_a_phantom_file_is_deterministic(phantom_dir):
 
 
 def test_train_localizer_command_writes_weights_that_detect(phantom_dir, tmp_path):
-    from pipeline.__main__ import main
-
     out = tmp_path / "w.npz"
     code = main(
         [

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from pipeline.preprocess import STEPS, PreprocessConfig, Work, preprocess
+from pipeline.preprocess.background import clean_background
 from pipeline.preprocess.chain import run_steps, start_work
 from pipeline.preprocess.steps import (
     clahe,
     clahe_levels,
-    clean_background,
+    clahe_opencv,
     pad_to_square,
     percentile_window,
     percentiles,
@@ -206,8 +207,6 @@ def test_clahe_keeps_grey_levels_between_bins():
 
 
 def test_clahe_opencv_backend_runs_on_uint16():
-    from pipeline.preprocess.steps import clahe_opencv
-
     img = knee_like(96, 96)
     out = clahe_opencv(img, 2.0, 4)
     assert (

@@ -23,9 +23,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
+from pipeline.active.strategies import ACQUISITIONS, Pool, acquire, list_strategies
+from pipeline.deid import pseudonym, resolve_salt
+from pipeline.explain.inputs import ModelFolderError, infer, model_data
 from pipeline.io import atomic_write_bytes, atomic_write_text
+from pipeline.registry import UnknownNameError
+from pipeline.train.batches import dataset_labels
+from pipeline.train.runtime import using_threads
 
 COLUMNS = (
     "rank",
@@ -43,8 +50,6 @@ COLUMNS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a final model folder")
     parser.add_argument("--k", type=int, required=True, help="how many images to propose")
-    from pipeline.active.strategies import list_strategies
-
     parser.add_argument(
         "--strategy",
         default="entropy",
@@ -62,11 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.active.strategies import ACQUISITIONS
-    from pipeline.explain.inputs import ModelFolderError, model_data
-    from pipeline.registry import UnknownNameError
-    from pipeline.train.runtime import using_threads
-
     try:
         ACQUISITIONS.get(args.strategy)
     except UnknownNameError as e:
@@ -100,10 +100,6 @@ def rank_unlabeled(md: Any, *, k: int, strategy: str, seed: int = 0) -> list[dic
 
     Each row holds the pool index (``index``) besides the CSV columns.
     """
-    from pipeline.active.strategies import ACQUISITIONS, Pool, acquire
-    from pipeline.deid import pseudonym, resolve_salt
-    from pipeline.explain.inputs import infer
-
     pool_set = md.prepared.unlabeled
     if not len(pool_set):
         return []
@@ -117,8 +113,6 @@ def rank_unlabeled(md: Any, *, k: int, strategy: str, seed: int = 0) -> list[dic
             if len(s)
         ]
         labeled = np.concatenate(parts) if parts else None
-    from pipeline.train.batches import dataset_labels
-
     known = [dataset_labels(s) for s in (md.prepared.train, md.prepared.val) if len(s)]
     classes_known = md.model.task.encode_many(np.concatenate(known)) if known else None  # (M,)
     if classes_known is not None:

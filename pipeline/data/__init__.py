@@ -10,8 +10,9 @@ The torch datasets are imported on first use, so label and split tools stay ligh
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pipeline._lazy import lazy_exports
 from pipeline.data.items import (
     Excluded,
     Item,
@@ -59,12 +60,7 @@ __all__ = [
     "view_kind",
 ]
 
-_LAZY = {"CachedRadiographs", "collate"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from pipeline.data import datasets
-
-        return getattr(datasets, name)
-    raise AttributeError(f"module 'pipeline.data' has no attribute {name!r}")
+# torch (~1.5 s to import) only for the datasets: label and split tools stay light
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"CachedRadiographs": "pipeline.data.datasets", "collate": "pipeline.data.datasets"}
+)

@@ -19,26 +19,8 @@ from pipeline.data.items import split_units
 from pipeline.data.labels import LabelsError, LabelTable, load_labels
 from pipeline.data.splits import STRATIFY, SplitsError, make_splits
 from pipeline.data.views import is_frontal_knee
+from pipeline.dicom import DicomError, candidate_files, read_meta
 from pipeline.registry import UnknownNameError
-
-# Files in a data folder that are not DICOM (the phantom's sidecars, exports, notes).
-NOT_DICOM_SUFFIXES = frozenset(
-    {
-        ".csv",
-        ".json",
-        ".jsonl",
-        ".txt",
-        ".md",
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".npy",
-        ".npz",
-        ".yaml",
-        ".yml",
-        ".html",
-    }
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,19 +71,14 @@ def folder_metas(
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """De-identified header meta of every DICOM file under ``data_dir`` (by relative path),
     and one line per file that could not be read."""
-    from pipeline.dicom import DicomError, read_meta
-
     skipped = {p.resolve() for p in skip}
     metas: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
-    for path in sorted(data_dir.rglob("*")):
-        rel = path.relative_to(data_dir)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.suffix.lower() in NOT_DICOM_SUFFIXES or path.resolve() in skipped:
+    for path in sorted(candidate_files(data_dir)):
+        if path.resolve() in skipped:
             continue
         try:
-            metas[rel.as_posix()] = dict(read_meta(path))
+            metas[path.relative_to(data_dir).as_posix()] = dict(read_meta(path))
         except DicomError as e:
             errors.append(str(e))
     return metas, errors

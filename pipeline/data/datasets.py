@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -54,8 +55,6 @@ def to_unit_float(array: np.ndarray) -> np.ndarray:
 
 
 def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    import cv2
-
     return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
 
 

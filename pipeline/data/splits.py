@@ -308,6 +308,49 @@ def make_splits(
     labeled items; with ``folds`` ``val`` is unused.
     """
     items = list(items)
+    _check_settings(test=test, val=val, folds=folds, seed=seed, stratify=stratify)
+    labeled = [i for i in items if i.label >= 0]
+    patients, matrix, column_weights = _class_counts(labeled, stratify)
+    if leave_site_out is not None:
+        sites = sorted({str(i.site) for i in items if i.site is not None})
+        check_choice("site", leave_site_out, sites)
+        test_patients = {i.patient for i in labeled if i.site == leave_site_out}
+        is_test = np.array([p in test_patients for p in patients], dtype=bool)
+        val_share = val
+    else:
+        is_test = np.zeros(len(patients), dtype=bool)
+        if test > 0 and patients:
+            rng = np.random.default_rng(seed)
+            is_test = _first_part(matrix, test, rng, column_weights)
+        val_share = val / (1.0 - test) if test < 1.0 else 0.0
+    assignment = {str(p): Assignment("test") for p in np.asarray(patients)[is_test]}
+    rest = [p for p, t in zip(patients, is_test) if not t]
+    rest_matrix = matrix[~is_test] if len(patients) else matrix
+    rng_rest = np.random.default_rng([seed, 1])  # independent of how many draws the test split used
+    if folds is not None:
+        assignment |= _fold_assignment(rest, rest_matrix, folds, rng_rest, column_weights)
+    else:
+        is_val = np.zeros(len(rest), dtype=bool)
+        if val_share > 0 and rest:
+            is_val = _first_part(rest_matrix, val_share, rng_rest, column_weights)
+        assignment |= {p: Assignment("val" if v else "train") for p, v in zip(rest, is_val)}
+    params = {
+        "seed": seed,
+        "test": test if leave_site_out is None else None,
+        "val": val if folds is None else None,
+        "folds": folds,
+        "leave_site_out": leave_site_out,
+        "stratify": stratify,
+        "labeled_patients": len(patients),
+    }
+    where = {"folds": folds, "held_out_site": leave_site_out, "params": params}
+    rows = _rows(items, Splits(patients=assignment, rows=[], **where))
+    return Splits(patients=assignment, rows=rows, **where)
+
+
+def _check_settings(
+    *, test: float, val: float, folds: int | None, seed: int, stratify: str
+) -> None:
     check_choice("stratify", stratify, STRATIFY)
     for name, value in (("test", test), ("val", val)):
         if not 0.0 <= value < 1.0:
@@ -316,14 +359,19 @@ def make_splits(
         raise SplitsError(f"test + val must be < 1 (nothing left to train on), got {test} + {val}")
     if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
         raise SplitsError(f"folds must be an integer >= 2, got {folds!r}")
-
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise SplitsError(f"seed must be a non-negative integer, got {seed!r}")
 
-    labeled = [i for i in items if i.label >= 0]
-    # Columns: fracture / no fracture (weight 1), plus, for "schatzker", the seven grades
-    # at a fifth of the weight: the fracture share of every split comes first (a test
-    # set without fractures cannot be scored), grade shares are kept where counts allow.
+
+def _class_counts(
+    labeled: Sequence[Any], stratify: str
+) -> tuple[list[str], np.ndarray, list[float]]:
+    """(patients sorted, their class counts (P, K), the columns' weights).
+
+    Columns: fracture / no fracture (weight 1), plus, for "schatzker", the seven grades
+    at a fifth of the weight: the fracture share of every split comes first (a test
+    set without fractures cannot be scored), grade shares are kept where counts allow.
+    """
     n_classes = 9 if stratify == "schatzker" else 2
     column_weights = [1.0, 1.0] + [SCHATZKER_WEIGHT] * (n_classes - 2)
     counts: dict[str, np.ndarray] = {}
@@ -336,84 +384,53 @@ def make_splits(
             row[2 + i.label] += 1
     patients = sorted(counts)
     matrix = np.stack([counts[p] for p in patients]) if patients else np.zeros((0, n_classes))
-    rng = np.random.default_rng(seed)
+    return patients, matrix, column_weights
 
-    assignment: dict[str, Assignment] = {}
-    if leave_site_out is not None:
-        sites = sorted({str(i.site) for i in items if i.site is not None})
-        check_choice("site", leave_site_out, sites)
-        test_patients = {i.patient for i in labeled if i.site == leave_site_out}
-        is_test = np.array([p in test_patients for p in patients], dtype=bool)
-        val_share = val
-    else:
-        is_test = np.zeros(len(patients), dtype=bool)
-        if test > 0 and patients:
-            is_test = (
-                stratified_group_assign(
-                    matrix, [test, 1.0 - test], rng, column_weights=column_weights
-                )
-                == 0
-            )
-        val_share = val / (1.0 - test) if test < 1.0 else 0.0
-    for p in np.asarray(patients)[is_test]:
-        assignment[str(p)] = Assignment("test")
 
-    rest = [p for p, t in zip(patients, is_test) if not t]
-    rest_matrix = matrix[~is_test] if len(patients) else matrix
-    rng_rest = np.random.default_rng([seed, 1])  # independent of how many draws the test split used
-    if folds is not None:
-        if len(rest) < folds:
-            raise SplitsError(
-                f"{folds} folds need at least {folds} labeled patients outside the test set; there are {len(rest)}"
-            )
-        fold_of = stratified_group_assign(
-            rest_matrix, [1.0 / folds] * folds, rng_rest, column_weights=column_weights
-        )
-        for p, k in zip(rest, fold_of):
-            assignment[p] = Assignment("trainval", int(k))
-    else:
-        is_val = np.zeros(len(rest), dtype=bool)
-        if val_share > 0 and rest:
-            is_val = (
-                stratified_group_assign(
-                    rest_matrix,
-                    [val_share, 1.0 - val_share],
-                    rng_rest,
-                    column_weights=column_weights,
-                )
-                == 0
-            )
-        for p, v in zip(rest, is_val):
-            assignment[p] = Assignment("val" if v else "train")
-
-    params = {
-        "seed": seed,
-        "test": test if leave_site_out is None else None,
-        "val": val if folds is None else None,
-        "folds": folds,
-        "leave_site_out": leave_site_out,
-        "stratify": stratify,
-        "labeled_patients": len(patients),
-    }
-    splits = Splits(
-        patients=assignment, rows=[], folds=folds, held_out_site=leave_site_out, params=params
+def _first_part(
+    matrix: np.ndarray, share: float, rng: np.random.Generator, column_weights: list[float]
+) -> np.ndarray:
+    """Whether each patient (row of ``matrix``) goes to a part of ``share`` of the items
+    (the rest to the other part), stratified: bool (P,)."""
+    parts = stratified_group_assign(
+        matrix, [share, 1.0 - share], rng, column_weights=column_weights
     )
+    return parts == 0
+
+
+def _fold_assignment(
+    patients: list[str],
+    matrix: np.ndarray,
+    folds: int,
+    rng: np.random.Generator,
+    column_weights: list[float],
+) -> dict[str, Assignment]:
+    """``patients`` (outside the test set) dealt into ``folds`` stratified folds."""
+    if len(patients) < folds:
+        raise SplitsError(
+            f"{folds} folds need at least {folds} labeled patients outside the test set; there are {len(patients)}"
+        )
+    fold_of = stratified_group_assign(
+        matrix, [1.0 / folds] * folds, rng, column_weights=column_weights
+    )
+    return {p: Assignment("trainval", int(k)) for p, k in zip(patients, fold_of)}
+
+
+def _rows(items: Sequence[Any], splits: Splits) -> list[SplitRow]:
+    """One row per item, sorted by file and laterality; labels kept only in train/val/test."""
     rows = []
     for i in sorted(items, key=lambda i: (i.file, i.laterality or "")):
         a = splits.assign(i)
+        kept = i.label >= 0 and a.split not in ("unlabeled", "excluded")
         rows.append(
             SplitRow(
                 file=i.file,
                 laterality=i.laterality,
                 patient=i.patient,
                 site=i.site,
-                label=int(i.label)
-                if i.label >= 0 and a.split not in ("unlabeled", "excluded")
-                else -1,
+                label=int(i.label) if kept else -1,
                 split=a.split,
                 fold=a.fold,
             )
         )
-    return Splits(
-        patients=assignment, rows=rows, folds=folds, held_out_site=leave_site_out, params=params
-    )
+    return rows

@@ -16,7 +16,18 @@ import math
 import sys
 from pathlib import Path
 
-from pipeline.explain.inputs import SPLITS
+from pipeline.explain.cams import EXPLAINERS, ExplainError, ExplainOptions
+from pipeline.explain.inputs import (
+    SPLITS,
+    ModelFolderError,
+    expand_files,
+    files_dataset,
+    model_data,
+)
+from pipeline.explain.runner import explain_dataset
+from pipeline.registry import UnknownNameError
+from pipeline.train import load_model
+from pipeline.train.runtime import using_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,18 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.explain.cams import EXPLAINERS, ExplainError, ExplainOptions
-    from pipeline.explain.inputs import (
-        ModelFolderError,
-        expand_files,
-        files_dataset,
-        model_data,
-    )
-    from pipeline.explain.runner import explain_dataset
-    from pipeline.registry import UnknownNameError
-    from pipeline.train import load_model
-    from pipeline.train.runtime import using_threads
-
     try:
         EXPLAINERS.get(args.method)
     except UnknownNameError as e:

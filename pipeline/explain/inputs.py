@@ -19,6 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from pipeline.data import CachedRadiographs, collate
+from pipeline.dicom import candidate_files
+from pipeline.io import cache_home
+from pipeline.preprocess import PreprocessConfig, build_cache
+from pipeline.registry import check_choice
+from pipeline.train import load_model
+from pipeline.train.runtime import using_threads
+from pipeline.trial import TrialConfig, prepare_data
 
 SPLITS = ("test", "val", "train", "unlabeled")
 
@@ -38,16 +49,12 @@ class ModelData:
 
     def split(self, name: str) -> Any:
         """The ``test``, ``val``, ``train`` or ``unlabeled`` dataset."""
-        from pipeline.registry import check_choice
-
         check_choice("split", name, SPLITS)
         return getattr(self.prepared, name)
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
     """The flat trial configuration saved beside the model (``config.yaml``)."""
-    import yaml
-
     path = Path(model_dir) / "config.yaml"
     if not path.is_file():
         raise ModelFolderError(
@@ -68,10 +75,6 @@ def model_data(
     ``data_dir``: use this data folder (with its ``labels.csv``) instead of the one the
     model was trained on. ``threads``: CPU threads for preprocessing and inference.
     """
-    from pipeline.train import load_model
-    from pipeline.train.runtime import using_threads
-    from pipeline.trial import TrialConfig, prepare_data
-
     model, info = load_model(model_dir)
     config = read_config(model_dir)
     config["checkpoint_dir"] = None
@@ -87,14 +90,12 @@ def model_data(
 
 
 def expand_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files named on the command line; folders give every file under them."""
-    from pipeline.dicom import iter_files
-    from pipeline.trial import NOT_DICOM_SUFFIXES
-
+    """Files named on the command line; folders give every file under them that may be
+    DICOM (:func:`pipeline.dicom.candidate_files`)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += [f for f in iter_files(p) if f.suffix.lower() not in NOT_DICOM_SUFFIXES]
+            out += candidate_files(p)
         elif p.is_file():
             out.append(p)
         else:
@@ -110,10 +111,6 @@ def files_dataset(
     Two-view models get a zero second channel (a loose file has no known partner).
     Files that cannot be read are left out (``dataset.errors`` lists them).
     """
-    from pipeline.data import CachedRadiographs
-    from pipeline.io import cache_home
-    from pipeline.preprocess import PreprocessConfig, build_cache
-
     config = PreprocessConfig.from_trial(info.get("preprocess") or {})
     paths = [Path(f).absolute() for f in files]
     index = build_cache(paths, config, cache_home() / "preprocess", workers=workers, progress=False)
@@ -124,19 +121,11 @@ def files_dataset(
     return dataset
 
 
-def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    from pipeline.data import collate as data_collate
-
-    return data_collate(batch)
-
-
 @torch.no_grad()
 def infer(
     model: Any, dataset: Any, *, batch_size: int = 64, features: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class probabilities (N, C) and, with ``features``, pooled features (N, F)."""
-    from torch.utils.data import DataLoader
-
     model = model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)

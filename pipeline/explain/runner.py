@@ -13,17 +13,20 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.explain.cams import ExplainOptions, heatmaps
+from pipeline.deid import pseudonym, resolve_salt
+from pipeline.explain.cams import ExplainOptions, Heatmaps, heatmaps
 from pipeline.explain.gallery import GROUPS, GalleryFiles, GalleryItem, group_of, write_gallery
 from pipeline.explain.inputs import images, infer
 from pipeline.explain.score import (
     POINTING_TOLERANCE,
+    HeatmapScore,
     crop_geometry,
     load_regions,
     regions_of,
@@ -56,10 +59,44 @@ class ExplainResult:
     scores_csv: Path | None = None
 
 
+@dataclass(frozen=True)
+class _Predictions:
+    """The model's outputs on a dataset, beside what the dataset says of its crops."""
+
+    items: list[Any]
+    labels: np.ndarray  # (N,) raw Schatzker grades, -1 = unlabeled
+    probs: np.ndarray  # (N, C)
+    p_fracture: np.ndarray  # (N,)
+    task: Any
+
+    @classmethod
+    def of(cls, model: Any, dataset: Any) -> _Predictions:
+        probs, _ = infer(model, dataset)
+        return cls(
+            items=list(dataset.items),
+            labels=np.asarray(dataset.labels, dtype=np.int64),
+            probs=probs,
+            p_fracture=1.0 - probs[:, 0] if len(probs) else np.zeros(0),
+            task=model.task,
+        )
+
+    def label_name(self, i: int) -> str:
+        return self.task.classes[self.task.encode(int(self.labels[i]))]
+
+
 def _order(group: str, p_fracture: np.ndarray, idx: list[int]) -> list[int]:
     """Most telling first: confident hits and confident mistakes."""
     descending = group in ("true positive", "false positive", "unlabeled")
     return sorted(idx, key=lambda i: (-p_fracture[i] if descending else p_fracture[i], i))
+
+
+def _groups(pred: _Predictions, threshold: float) -> dict[str, list[int]]:
+    """Crop indices per gallery group (true / false positive / negative, unlabeled)."""
+    groups: dict[str, list[int]] = {g: [] for g in GROUPS}
+    for i, label in enumerate(pred.labels):
+        known = None if label < 0 else bool(label > 0)
+        groups[group_of(known, bool(pred.p_fracture[i] >= threshold))].append(i)
+    return groups
 
 
 def explain_dataset(
@@ -87,138 +124,174 @@ def explain_dataset(
     scored. ``n``: crops shown per group. ``tolerance``: the pointing game's, in crop
     pixels (default :data:`~pipeline.explain.score.POINTING_TOLERANCE` of the side).
     """
-    from pipeline.deid import pseudonym, resolve_salt
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    options = options or ExplainOptions()
-    salt_bytes = resolve_salt(salt)
-    task = model.task
-    probs, _ = infer(model, dataset)
-    p_fracture = 1.0 - probs[:, 0] if len(probs) else np.zeros(0)
-    raw = np.asarray(dataset.labels, dtype=np.int64)
-    items = list(dataset.items)
-    groups: dict[str, list[int]] = {g: [] for g in GROUPS}
-    for i, label in enumerate(raw):
-        known = None if label < 0 else bool(label > 0)
-        groups[group_of(known, bool(p_fracture[i] >= threshold))].append(i)
-    shown = {g: _order(g, p_fracture, idx)[: max(0, n)] for g, idx in groups.items()}
-
+    pred = _Predictions.of(model, dataset)
+    groups = _groups(pred, threshold)
+    shown = {g: _order(g, pred.p_fracture, idx)[: max(0, n)] for g, idx in groups.items()}
     regions = load_regions(data_dir) if (score and data_dir is not None) else {}
     scored = [
         i
-        for i, label in enumerate(raw)
-        if regions and label > 0 and regions_of(regions, items[i].file, items[i].laterality)
+        for i, (item, label) in enumerate(zip(pred.items, pred.labels))
+        if regions and label > 0 and regions_of(regions, item.file, item.laterality)
     ]
     if scored and preprocess is None:
         raise ValueError("scoring heat maps needs the preprocessing configuration (preprocess=)")
     needed = sorted({i for idx in shown.values() for i in idx} | set(scored))
     x = images(dataset, needed)  # (M, C, H, W)
+    options = options or ExplainOptions()
     maps = heatmaps(model, x, method=method, target=target, options=options) if needed else None
     at = {i: k for k, i in enumerate(needed)}
-
-    rows: list[dict[str, Any]] = []
-    score_of: dict[int, Any] = {}
-    for i in scored:
-        item = items[i]
-        geometry = crop_geometry(
-            Path(data_dir) / item.file, preprocess, int(getattr(item.entry, "crop", 0))
+    score_of = {
+        i: _score(pred.items[i], maps.maps[at[i]], data_dir, preprocess, regions, tolerance)
+        for i in scored
+    }
+    salt_bytes = resolve_salt(salt)
+    rows = [
+        _score_row(pred, i, s, pseudonym("image", pred.items[i].file, salt_bytes), maps, at[i])
+        for i, s in score_of.items()
+    ]
+    gallery_items = [
+        _gallery_item(
+            pred, i, g, x[at[i], 0].numpy(), maps.maps[at[i]], score_of.get(i), salt_bytes
         )
-        s = score_heatmap(
-            maps.maps[at[i]],
-            geometry,
-            regions_of(regions, item.file, item.laterality),
-            tolerance=tolerance,
-        )
-        score_of[i] = s
-        rows.append(
-            {
-                "image_key": pseudonym("image", item.file, salt_bytes),
-                "laterality": item.laterality or "",
-                "label": task.classes[task.encode(int(raw[i]))],
-                "p_fracture": round(float(p_fracture[i]), 6),
-                "explained_class": task.classes[int(maps.classes[at[i]])],
-                "mass_inside": round(s.mass_inside, 6),
-                "pointing_hit": int(s.pointing_hit),
-                "region_share": round(s.region_share, 6),
-                "empty_map": int(s.empty),
-            }
-        )
-
-    gallery_items = []
-    for g, idx in shown.items():
-        for i in idx:
-            item, k = items[i], at[i]
-            pred = int(np.argmax(probs[i]))
-            s = score_of.get(i)
-            lat = f" {item.laterality}" if item.laterality else ""
-            gallery_items.append(
-                GalleryItem(
-                    key=pseudonym("image", item.file, salt_bytes) + lat,
-                    image=x[k, 0].numpy(),
-                    heat=maps.maps[k],
-                    predicted=task.classes[pred],
-                    probability=float(probs[i, pred]),
-                    p_fracture=float(p_fracture[i]),
-                    label=task.classes[task.encode(int(raw[i]))] if raw[i] >= 0 else None,
-                    group=g,
-                    mass_inside=s.mass_inside if s is not None else None,
-                    pointing_hit=s.pointing_hit if s is not None else None,
-                )
-            )
-
-    name = METHOD_NAMES.get(method, method)
-    layer = maps.layer if maps is not None else None
-    stats = summarize(list(score_of.values()))
+        for g, idx in shown.items()
+        for i in idx
+    ]
     side = int(x.shape[-1]) if len(x) else 0
     tol = tolerance if tolerance is not None else POINTING_TOLERANCE * side
-    summary: dict[str, Any] = {
+    layer = maps.layer if maps is not None else None
+    summary = _summary(pred, groups, list(score_of.values()), layer, method, target, threshold, tol)
+    gallery = write_gallery(
+        gallery_items,
+        out,
+        title=title or f"{METHOD_NAMES.get(method, method)} heat maps",
+        notes=_notes(summary, getattr(model, "backbone_name", "the model"), pred.task.name),
+        totals={g: len(idx) for g, idx in groups.items()},
+    )
+    scores_csv = _write_scores(rows, out / "heatmap_scores.csv") if rows else None
+    atomic_write_json(
+        out / "explain.json",
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()},
+    )
+    return ExplainResult(gallery=gallery, summary=summary, scores=rows, scores_csv=scores_csv)
+
+
+def _score(
+    item: Any,
+    heat: np.ndarray,
+    data_dir: str | Path,
+    preprocess: Any,
+    regions: Mapping[tuple[str, str | None], list[Any]],
+    tolerance: float | None,
+) -> HeatmapScore:
+    """The heat map (H, W) of a crop scored against its source file's fracture regions."""
+    crop = int(getattr(item.entry, "crop", 0))
+    geometry = crop_geometry(Path(data_dir) / item.file, preprocess, crop)
+    polygons = regions_of(regions, item.file, item.laterality)
+    return score_heatmap(heat, geometry, polygons, tolerance=tolerance)
+
+
+def _score_row(
+    pred: _Predictions, i: int, s: HeatmapScore, key: str, maps: Heatmaps, k: int
+) -> dict[str, Any]:
+    """One row of ``heatmap_scores.csv`` (:data:`SCORE_COLUMNS`): crop ``i``, map ``k``."""
+    return {
+        "image_key": key,
+        "laterality": pred.items[i].laterality or "",
+        "label": pred.label_name(i),
+        "p_fracture": round(float(pred.p_fracture[i]), 6),
+        "explained_class": pred.task.classes[int(maps.classes[k])],
+        "mass_inside": round(s.mass_inside, 6),
+        "pointing_hit": int(s.pointing_hit),
+        "region_share": round(s.region_share, 6),
+        "empty_map": int(s.empty),
+    }
+
+
+def _gallery_item(
+    pred: _Predictions,
+    i: int,
+    group: str,
+    image: np.ndarray,
+    heat: np.ndarray,
+    s: HeatmapScore | None,
+    salt: bytes,
+) -> GalleryItem:
+    """Crop ``i`` of ``group`` as the gallery shows it: its image (H, W) and heat map."""
+    item = pred.items[i]
+    predicted = int(np.argmax(pred.probs[i]))
+    lat = f" {item.laterality}" if item.laterality else ""
+    return GalleryItem(
+        key=pseudonym("image", item.file, salt) + lat,
+        image=image,
+        heat=heat,
+        predicted=pred.task.classes[predicted],
+        probability=float(pred.probs[i, predicted]),
+        p_fracture=float(pred.p_fracture[i]),
+        label=pred.label_name(i) if pred.labels[i] >= 0 else None,
+        group=group,
+        mass_inside=s.mass_inside if s is not None else None,
+        pointing_hit=s.pointing_hit if s is not None else None,
+    )
+
+
+def _summary(
+    pred: _Predictions,
+    groups: Mapping[str, list[int]],
+    scores: list[HeatmapScore],
+    layer: str | None,
+    method: str,
+    target: str | int,
+    threshold: float,
+    tolerance: float,
+) -> dict[str, Any]:
+    """``explain.json``: what was explained, the group sizes and the heat-map score means."""
+    stats = summarize(scores)
+    return {
         "method": method,
         "layer": layer,
         "target": target,
         "threshold": float(threshold),
-        "crops": len(items),
+        "crops": len(pred.items),
         "groups": {g: len(idx) for g, idx in groups.items() if idx},
         "scored": stats["n"],
         "empty_maps": stats["empty"],
         "mass_inside": stats["mass_inside"],
         "pointing_game": stats["pointing_game"],
         "region_share": stats["region_share"],
-        "pointing_tolerance_crop_px": tol,
+        "pointing_tolerance_crop_px": tolerance,
     }
-    where = f" on layer {layer!r}" if layer else ""
+
+
+def _notes(summary: Mapping[str, Any], backbone: str, task: str) -> list[str]:
+    """The gallery's notes: what was explained, then the scores when there are any."""
+    s = summary
+    name = METHOD_NAMES.get(s["method"], s["method"])
+    where = f" on layer {s['layer']!r}" if s["layer"] else ""
+    target = "fracture" if s["target"] == "fracture" else s["target"]
     notes = [
-        f"{name}{where} of {getattr(model, 'backbone_name', 'the model')} ({task.name} task), "
-        f"explaining the {'fracture' if target == 'fracture' else target} class; decision "
-        f"threshold {threshold:.3f} on P(fracture).",
+        f"{name}{where} of {backbone} ({task} task), explaining the {target} class; decision "
+        f"threshold {s['threshold']:.3f} on P(fracture).",
     ]
-    if stats["n"]:
+    if s["scored"]:
         notes.append(
-            f"On {stats['n']} fractured crops with known regions: share of heat-map mass "
-            f"inside the fracture region {stats['mass_inside']:.3f} (a uniform map: "
-            f"{stats['region_share']:.3f}); pointing game {stats['pointing_game']:.3f} "
-            f"(tolerance {tol:.1f} crop pixels)."
-            + (f" {stats['empty']} maps were empty (scored 0)." if stats["empty"] else "")
+            f"On {s['scored']} fractured crops with known regions: share of heat-map mass "
+            f"inside the fracture region {s['mass_inside']:.3f} (a uniform map: "
+            f"{s['region_share']:.3f}); pointing game {s['pointing_game']:.3f} "
+            f"(tolerance {s['pointing_tolerance_crop_px']:.1f} crop pixels)."
+            + (f" {s['empty_maps']} maps were empty (scored 0)." if s["empty_maps"] else "")
         )
-    gallery = write_gallery(
-        gallery_items,
-        out,
-        title=title or f"{name} heat maps",
-        notes=notes,
-        totals={g: len(idx) for g, idx in groups.items()},
-    )
-    scores_csv = None
-    if rows:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(SCORE_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        scores_csv = atomic_write_text(out / "heatmap_scores.csv", buf.getvalue())
-    atomic_write_json(
-        out / "explain.json",
-        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()},
-    )
-    return ExplainResult(gallery=gallery, summary=summary, scores=rows, scores_csv=scores_csv)
+    return notes
+
+
+def _write_scores(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The heat-map scores as CSV (:data:`SCORE_COLUMNS`), atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(SCORE_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
 
 
 def final_gallery(

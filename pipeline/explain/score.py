@@ -43,6 +43,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.dicom import read_radiograph
+from pipeline.preprocess import PreprocessConfig, PreprocessWarning, run_steps
+
 Polygon = Sequence[Sequence[float]]  # [[x, y], ...] in source pixels
 
 #: Default pointing-game tolerance as a share of the crop's side: 15 px at 224 px
@@ -285,9 +288,6 @@ def crop_geometry(path: str | Path, preprocess: Any, crop: int = 0) -> CropGeome
     crop is the cached one) and reads the map it recorded. ``preprocess`` is a
     ``PreprocessConfig`` or a trial's preprocessing keys.
     """
-    from pipeline.dicom import read_radiograph
-    from pipeline.preprocess import PreprocessConfig, PreprocessWarning, run_steps
-
     config = (
         preprocess
         if isinstance(preprocess, PreprocessConfig)

@@ -42,13 +42,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from filelock import FileLock
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from threadpoolctl import threadpool_limits
 
+from pipeline.deid import resolve_salt
+from pipeline.dicom import read_meta
 from pipeline.io import atomic_write_json, cache_home, content_hash
 from pipeline.preprocess.chain import RadiographLike, preprocess
 from pipeline.preprocess.config import PREPROCESS_VERSION, PreprocessConfig
 from pipeline.preprocess.cropfirst import preprocess_file
+
+try:
+    import fcntl  # POSIX: entry locks die with their process
+except ImportError:  # Windows: filelock's locks instead
+    fcntl = None
 
 Reader = Callable[..., RadiographLike]
 
@@ -153,9 +164,7 @@ def _entry_lock(path: Path) -> Iterator[None]:
     also when the process dies, so a crashed builder never leaves a stale lock.
     Elsewhere, :class:`filelock.FileLock`. The (empty) lock files stay.
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if fcntl is None:
         with FileLock(str(path), timeout=LOCK_TIMEOUT_S):
             yield
         return
@@ -191,13 +200,7 @@ def salt_id(salt: str | bytes | None) -> str:
 
     The salt itself is never stored; this is a one-way digest of it.
     """
-    try:
-        from pipeline.deid import resolve_salt
-
-        resolved: bytes = resolve_salt(salt)
-    except ImportError:
-        resolved = (salt.encode() if isinstance(salt, str) else salt) or b""
-    return hashlib.sha256(b"radsearch-cache-salt-id:" + resolved).hexdigest()[:16]
+    return hashlib.sha256(b"radsearch-cache-salt-id:" + resolve_salt(salt)).hexdigest()[:16]
 
 
 class _Store:
@@ -273,12 +276,6 @@ class _Store:
 # --------------------------------------------------------------------------- one file
 
 
-def _default_meta_reader() -> Callable[..., dict[str, Any]]:
-    from pipeline.dicom import read_meta
-
-    return read_meta
-
-
 def _process(
     path: str,
     root: str,
@@ -312,7 +309,7 @@ def _process(
                     sidecar = store.write_entry(sha, crops, meta, sid)
                     how = "built"
         if sidecar.get("salt_id") != sid:  # pseudonyms from another salt: refresh the meta only
-            meta = _default_meta_reader()(path, salt=salt)
+            meta = read_meta(path, salt=salt)
             with store.lock(sha):
                 sidecar = dict(sidecar, meta=_jsonable(meta), salt_id=sid)
                 _write_replace(
@@ -351,9 +348,6 @@ def single_threaded() -> Iterator[None]:
     The steps work on small images, where thread pools cost more than they give,
     and stall badly when the CPUs are shared; a build is parallel over processes.
     """
-    import cv2
-    from threadpoolctl import threadpool_limits
-
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
@@ -364,9 +358,6 @@ def single_threaded() -> Iterator[None]:
 
 
 def _init_worker() -> None:
-    import cv2
-    from threadpoolctl import threadpool_limits
-
     cv2.setNumThreads(1)  # parallel over processes, not threads
     threadpool_limits(limits=1)
 
@@ -499,15 +490,6 @@ def _run(
     workers: int,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     bar = Progress(
         TextColumn("preprocess"),
         BarColumn(),

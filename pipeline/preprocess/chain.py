@@ -8,8 +8,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.dicom import parse_spacing
+from pipeline.preprocess.arrays import to_uint16
 from pipeline.preprocess.config import PreprocessConfig
-from pipeline.preprocess.steps import STEPS, U16_MAX, Work
+from pipeline.preprocess.steps import STEPS, Work
 
 
 class RadiographLike(Protocol):
@@ -30,22 +32,6 @@ class Crop:
     fallback: bool  # True when the localizer was unsure and a centre crop was used
 
 
-def to_uint16(image: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint16 over the full 16-bit range (rounded)."""
-    return np.clip(image * np.float32(U16_MAX) + np.float32(0.5), 0, U16_MAX).astype(np.uint16)
-
-
-def _spacing(meta: Mapping[str, Any]) -> tuple[float, float] | None:
-    s = meta.get("pixel_spacing_mm")
-    if s is None:
-        return None
-    try:
-        row, col = (float(v) for v in s)
-    except (TypeError, ValueError):
-        return None
-    return (row, col) if row > 0 and col > 0 else None
-
-
 def start_work(radiograph: RadiographLike) -> Work:
     """The chain's first item for a decoded radiograph."""
     image = np.asarray(radiograph.image, dtype=np.float32)
@@ -57,7 +43,7 @@ def start_work(radiograph: RadiographLike) -> Work:
         image=image,
         meta=meta,
         source_shape=(int(image.shape[0]), int(image.shape[1])),
-        spacing_mm=_spacing(meta),
+        spacing_mm=parse_spacing(meta.get("pixel_spacing_mm")),
         laterality=lat if lat in ("L", "R") else None,
         source=str(getattr(radiograph, "path", None) or "") or None,
     )
@@ -106,4 +92,4 @@ def preprocess(radiograph: RadiographLike, config: PreprocessConfig) -> list[Cro
     return crops
 
 
-__all__ = ["Crop", "RadiographLike", "preprocess", "run_steps", "start_work", "to_uint16"]
+__all__ = ["Crop", "RadiographLike", "preprocess", "run_steps", "start_work"]

@@ -2,9 +2,10 @@
 
     python -m pipeline preprocess --data DIR [--config YAML] [--cache DIR] [--workers N] [--sheet PNG]
 
-Every file under ``DIR`` (sidecar files such as ``labels.csv`` are skipped) is
-decoded, preprocessed with the configured chain and stored under
-``CACHE/<config key>/``; files already there are not decoded again. Without
+Every file under ``DIR`` (sidecar files such as ``labels.csv`` are skipped, see
+:data:`pipeline.dicom.NOT_DICOM_SUFFIXES`) is decoded, preprocessed with the
+configured chain and stored under ``CACHE/<config key>/``; files already there are
+not decoded again. Without
 ``--config`` the chain is that of a trial with default settings (``--image-size``
 sets its output size). ``--sheet PNG`` also draws every step of a few images.
 Unreadable files are listed at the end (and in ``--errors CSV``); they never stop
@@ -19,21 +20,11 @@ import io
 import sys
 from pathlib import Path
 
-# Files that live beside the images in a data folder and are never DICOM.
-SIDECAR_SUFFIXES = {
-    ".csv",
-    ".json",
-    ".jsonl",
-    ".txt",
-    ".md",
-    ".yaml",
-    ".yml",
-    ".png",
-    ".jpg",
-    ".npz",
-    ".npy",
-    ".log",
-}
+from pipeline.dicom import candidate_files
+from pipeline.io import atomic_write_text
+from pipeline.preprocess.cache import build_cache, default_cache_root
+from pipeline.preprocess.config import PreprocessConfig, PreprocessConfigError
+from pipeline.preprocess.sheet import contact_sheet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,18 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def data_files(folder: Path) -> list[Path]:
-    """Every file under ``folder`` but hidden ones and known sidecars (labels, truth, ...)."""
-    from pipeline.dicom import iter_files
-
-    return [p for p in iter_files(folder) if p.suffix.lower() not in SIDECAR_SUFFIXES]
-
-
 def main(args: argparse.Namespace) -> int:
-    from pipeline.io import atomic_write_text
-    from pipeline.preprocess import PreprocessConfig, build_cache, default_cache_root
-    from pipeline.preprocess.config import PreprocessConfigError
-
     if not args.data.is_dir():
         print(f"--data {args.data}: not a folder", file=sys.stderr)
         return 2
@@ -82,13 +62,11 @@ def main(args: argparse.Namespace) -> int:
     except (PreprocessConfigError, OSError) as e:
         print(f"python -m pipeline preprocess: {e}", file=sys.stderr)
         return 2
-    files = data_files(args.data)
+    files = candidate_files(args.data)
     if not files:
         print(f"{args.data}: no files to preprocess", file=sys.stderr)
         return 2
     if args.sheet is not None:
-        from pipeline.preprocess.sheet import contact_sheet
-
         path = contact_sheet(files, config, args.sheet, count=args.sheet_count)
         print(f"contact sheet: {path}")
     root = args.cache if args.cache is not None else default_cache_root()
@@ -115,4 +93,4 @@ def main(args: argparse.Namespace) -> int:
     return 0 if not index.errors else 1
 
 
-__all__ = ["SIDECAR_SUFFIXES", "add_arguments", "data_files", "main"]
+__all__ = ["add_arguments", "main"]

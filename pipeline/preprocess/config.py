@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipeline.io import sha256_file, stable_hash
+from pipeline.preprocess.localizer import weights_path
 from pipeline.preprocess.steps import STEPS
 from pipeline.registry import UnknownNameError, unknown_name_message
 
@@ -158,8 +161,6 @@ class PreprocessConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> PreprocessConfig:
         """Read a YAML file holding ``steps:`` (or ``preprocess: {steps: ...}``)."""
-        import yaml
-
         path = Path(path)
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if isinstance(data, Mapping) and "preprocess" in data and "steps" not in data:
@@ -207,8 +208,6 @@ class PreprocessConfig:
         extra = {}
         for s in self.steps:
             if s.name == "localize":
-                from pipeline.preprocess.localizer import weights_path
-
                 path = weights_path(s.params.weights)
                 extra["localize_weights"] = sha256_file(path) if path.exists() else "missing"
         return stable_hash({"version": PREPROCESS_VERSION, **self.to_dict(), **extra})

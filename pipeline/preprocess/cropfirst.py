@@ -40,19 +40,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
-from pipeline.preprocess.chain import Crop, _spacing, preprocess, to_uint16
+from pipeline.dicom import RawRadiograph, parse_spacing, read_raw
+from pipeline.preprocess.arrays import area_resize, scaled_size, shrink, to_uint16
+from pipeline.preprocess.background import BackgroundAnalysis, analyse_background
+from pipeline.preprocess.chain import Crop, preprocess
 from pipeline.preprocess.config import PreprocessConfig, StepConfig
+from pipeline.preprocess.localizer import KneeBox, KneeLocalizer
 from pipeline.preprocess.steps import (
     STEPS,
-    BackgroundAnalysis,
     CleanParams,
     LocalizeParams,
     PreprocessWarning,
     Work,
-    analyse_background,
-    area_resize,
     knee_crop_box,
 )
 
@@ -88,20 +90,17 @@ def plan(config: PreprocessConfig) -> CropFirstPlan | None:
     return CropFirstPlan(steps[0].params, localize, tuple(rest), max(caps) if caps else None)
 
 
-def _averageable(raw: np.ndarray, r: Any) -> bool:
+def _averageable(r: RawRadiograph) -> bool:
     """Stored values that can be area-averaged before the grey-level chain."""
+    raw = r.raw
     if raw.ndim != 2 or raw.dtype.kind not in "ui" or raw.dtype.itemsize > 2:
         return False
     # Bits above Bits Stored must be masked per pixel, before any averaging.
-    return not r.mask_unused_bits or r.chain._no_stray_bits(raw)
-
-
-def _scaled(size: tuple[int, int], f: float) -> tuple[int, int]:
-    return max(1, round(size[0] * f)), max(1, round(size[1] * f))
+    return not r.mask_unused_bits or r.chain.fits_bits_stored(raw)
 
 
 def _grey_region(
-    r: Any,
+    r: RawRadiograph,
     a: BackgroundAnalysis,
     box: tuple[int, int, int, int],
     out_size: tuple[int, int],
@@ -123,27 +122,23 @@ def _grey_region(
 
 
 def _detect(
-    r: Any,
+    r: RawRadiograph,
     a: BackgroundAnalysis,
     region: tuple[int, int, int, int],
     p: LocalizeParams,
     spacing: tuple[float, float] | None,
-) -> list[tuple[Any, tuple[float, float, float, float]]]:
+) -> list[tuple[KneeBox, tuple[float, float, float, float]]]:
     """The localizer on the cleaned region: [(KneeBox, box in source pixels)]."""
-    from pipeline.preprocess.localizer import KneeLocalizer
-
     meta = r.meta
     loc = KneeLocalizer.load(p.weights, view=KneeLocalizer.view_of(meta.get("view")))
     H, W = r.raw.shape
     x0, y0, x1, y1 = region
     cw, ch = x1 - x0, y1 - y0
     f = loc.scan_scale((ch, cw), spacing)
-    bw, bh = _scaled((cw, ch), f)
+    bw, bh = scaled_size((cw, ch), f)
     preview = a.preview((W, H))
     if f < 1.0 and preview.shape[0] >= ch * f and preview.shape[1] >= cw * f:
         # the cleaned analysis copy is detailed enough (as detect() would use it)
-        import cv2
-
         image = cv2.resize(preview, (bw, bh), interpolation=cv2.INTER_AREA)
     else:
         image = _grey_region(r, a, region, (bw, bh))
@@ -165,7 +160,7 @@ def _detect(
 
 
 def _item(
-    r: Any,
+    r: RawRadiograph,
     a: BackgroundAnalysis,
     region: tuple[int, int, int, int],
     crop: tuple[int, int, int, int],
@@ -179,7 +174,7 @@ def _item(
     X0, Y0, X1, Y1 = crop
     cw, ch = X1 - X0, Y1 - Y0
     f = 1.0 if long_side is None else min(1.0, long_side / max(cw, ch))
-    ow, oh = _scaled((cw, ch), f)
+    ow, oh = scaled_size((cw, ch), f)
     kx, ky = cw / ow, ch / oh  # source pixels per output pixel
     ix0, iy0 = max(X0, region[0]), max(Y0, region[1])
     ix1, iy1 = min(X1, region[2]), min(Y1, region[3])
@@ -212,25 +207,15 @@ def _clip(box: tuple[float, ...], shape: tuple[int, int]) -> tuple[int, int, int
     return (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
 
 
-def run_crop_first(r: Any, p: CropFirstPlan) -> list[Work]:
+def run_crop_first(r: RawRadiograph, p: CropFirstPlan) -> list[Work]:
     """The chain's final items for a :class:`pipeline.dicom.RawRadiograph`, crop-first."""
     raw = r.raw
     H, W = raw.shape
-    c = p.clean
-    f = min(1.0, c.analysis_size / max(H, W))
-    small_raw = raw if f >= 1.0 else area_resize(raw, _scaled((W, H), f))
+    small_raw, _ = shrink(raw, p.clean.analysis_size)
     small = r.grey(small_raw)  # (sh, sw) float32: chain(downsample(raw))
-    a = analyse_background(
-        small,
-        flat_tol=c.flat_tol,
-        edge_step=c.edge_step,
-        mark_contrast=c.mark_contrast,
-        background=c.background,
-        keep_fraction=c.keep_fraction,
-        margin=c.margin,
-    )
+    a = analyse_background(small, p.clean)
     region = a.region((W, H))
-    spacing = _spacing(r.meta)
+    spacing = parse_spacing(r.meta.get("pixel_spacing_mm"))
     x0, y0 = region[:2]
     if p.localize is None:
         lat = r.meta.get("laterality")
@@ -272,13 +257,13 @@ def run_crop_first(r: Any, p: CropFirstPlan) -> list[Work]:
     return items
 
 
-def preprocess_raw(r: Any, config: PreprocessConfig) -> list[Crop]:
+def preprocess_raw(r: RawRadiograph, config: PreprocessConfig) -> list[Crop]:
     """:func:`pipeline.preprocess.preprocess` for a decoded :class:`~pipeline.dicom.RawRadiograph`.
 
     Crop-first when :func:`plan` allows it, else the full-resolution chain.
     """
     p = plan(config)
-    if p is None or not _averageable(r.raw, r):
+    if p is None or not _averageable(r):
         return preprocess(_FullImage(r.grey(r.raw), r.meta, r.path), config)
     return [
         Crop(
@@ -306,8 +291,6 @@ def preprocess_file(
 
     Raises what :func:`pipeline.dicom.read_radiograph` raises.
     """
-    from pipeline.dicom import read_raw
-
     r = read_raw(path, salt=salt)
     return preprocess_raw(r, config), r.meta
 

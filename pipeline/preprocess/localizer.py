@@ -53,8 +53,10 @@ from typing import Any
 import cv2
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+from threadpoolctl import ThreadpoolController
 
-from pipeline.preprocess.steps import area_resize
+from pipeline.io import atomic_write_bytes
+from pipeline.preprocess.arrays import area_resize, scaled_size
 
 WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "knee_hog_svm.npz"
 FORMAT_VERSION = 3
@@ -131,10 +133,8 @@ def window_features(blocks: np.ndarray, y: int, x: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
-def _blas_controller() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()  # (made once: it inspects the loaded libraries)
 
 
 def _one_blas_thread() -> Any:
@@ -172,6 +172,30 @@ def stretch(image: np.ndarray, levels: tuple[float, float]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def patch_features(
+    image: np.ndarray, levels: tuple[float, float], cx: float, cy: float, window: float
+) -> np.ndarray:
+    """HOG descriptor (1764,) of the square window of side ``window`` centred at (cx, cy).
+
+    One window on its own (the scan scores all windows at once instead): what the
+    left/right model reads and what training learns from.
+    """
+    margin = 16  # scaled pixels around the window: two blocks
+    f = WIN / window
+    half = (WIN / 2 + margin) / f
+    x0, y0 = round(cx - half), round(cy - half)
+    size = max(1, round(2 * half))
+    h, w = image.shape
+    crop = np.zeros((size, size), dtype=np.float32)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
+    if cx1 > cx0 and cy1 > cy0:
+        crop[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = image[cy0:cy1, cx0:cx1]
+    n = WIN + 2 * margin
+    inter = cv2.INTER_AREA if n < size else cv2.INTER_LINEAR
+    small = stretch(cv2.resize(crop, (n, n), interpolation=inter), levels)
+    return window_features(hog_grid(small), margin // GRID, margin // GRID)
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two (x0, y0, x1, y1) boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -188,7 +212,7 @@ def clip_box(box: Sequence[float], shape: tuple[int, int]) -> tuple[float, float
 
 def _resize(image: np.ndarray, f: float) -> np.ndarray:
     h, w = image.shape
-    size = (max(1, round(w * f)), max(1, round(h * f)))
+    size = scaled_size((w, h), f)
     if f < 1:
         return area_resize(image, size)  # two stages on a large image
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
@@ -249,9 +273,7 @@ class _Pyramid:
         ):
             # the small copy is detailed enough: resize it instead of the full image
             self.base = cv2.resize(
-                preview,
-                (max(1, round(w * f_base)), max(1, round(h * f_base))),
-                interpolation=cv2.INTER_AREA,
+                preview, scaled_size((w, h), f_base), interpolation=cv2.INTER_AREA
             )
         else:
             self.base = _resize(image, f_base)
@@ -436,8 +458,6 @@ class KneeLocalizer:
         """("R" / "L", probability) of the knee in ``box`` from its anatomy; (None, 0.5) untrained."""
         if self.side_w is None or self.side_w.size != DIM:
             return None, 0.5
-        from pipeline.preprocess.localizer_train import patch_features
-
         x0, y0, x1, y1 = box
         side = max(x1 - x0, y1 - y0)
         img = np.asarray(image, dtype=np.float32)
@@ -527,8 +547,6 @@ class KneeLocalizer:
 
 def save_localizers(path: str | os.PathLike[str], models: Mapping[str, KneeLocalizer]) -> Path:
     """Write one detector per view ("ap" required, "lat" optional) as a compressed .npz, atomically."""
-    from pipeline.io import atomic_write_bytes
-
     if "ap" not in models:
         raise ValueError("the weights need an 'ap' detector")
     arrays: dict[str, np.ndarray] = {

@@ -29,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.preprocess.cache import single_threaded
+from pipeline.preprocess.localizer_train import evaluate_localizer, train_localizers
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -51,9 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.preprocess.cache import single_threaded
-    from pipeline.preprocess.localizer_train import evaluate_localizer, train_localizers
-
     for d in args.data + ([args.evaluate] if args.evaluate else []):
         if not (d / "truth.jsonl").exists():
             print(

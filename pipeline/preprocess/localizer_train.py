@@ -31,20 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
 
+from pipeline.dicom import read_radiograph
 from pipeline.preprocess.chain import RadiographLike, start_work
 from pipeline.preprocess.localizer import (
-    GRID,
-    WIN,
     KneeLocalizer,
     box_iou,
     clip_box,
-    hog_grid,
-    stretch,
+    patch_features,
+    save_localizers,
     stretch_levels,
-    window_features,
 )
 from pipeline.preprocess.steps import CleanParams, Work, clean_step
 
@@ -139,26 +138,6 @@ def prepare_sample(radiograph: RadiographLike, truth: TruthImage) -> Sample:
         boxes.append(b)
         windows.append(((u[0] + u[2]) / 2, (u[1] + u[3]) / 2, u[2] - u[0]))
     return Sample(truth, work, tuple(boxes), tuple(windows))
-
-
-def patch_features(
-    image: np.ndarray, levels: tuple[float, float], cx: float, cy: float, window: float
-) -> np.ndarray:
-    """HOG descriptor (1764,) of the square window of side ``window`` centred at (cx, cy)."""
-    margin = 16  # scaled pixels around the window: two blocks
-    f = WIN / window
-    half = (WIN / 2 + margin) / f
-    x0, y0 = round(cx - half), round(cy - half)
-    size = max(1, round(2 * half))
-    h, w = image.shape
-    crop = np.zeros((size, size), dtype=np.float32)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
-    if cx1 > cx0 and cy1 > cy0:
-        crop[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = image[cy0:cy1, cx0:cx1]
-    n = WIN + 2 * margin
-    inter = cv2.INTER_AREA if n < size else cv2.INTER_LINEAR
-    small = stretch(cv2.resize(crop, (n, n), interpolation=inter), levels)
-    return window_features(hog_grid(small), margin // GRID, margin // GRID)
 
 
 def _window_box(cx: float, cy: float, side: float) -> tuple[float, float, float, float]:
@@ -257,8 +236,6 @@ def _read_samples(
 
 
 def _fit_svm(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
-    from sklearn.svm import LinearSVC
-
     svm = LinearSVC(
         C=c, class_weight="balanced", loss="hinge", max_iter=20000, random_state=seed, dual=True
     )
@@ -286,8 +263,7 @@ def train_localizer(
     Writes the weights (this view alone) to ``out`` when given and returns the
     localizer; :func:`train_localizers` trains and writes every view.
     """
-    if reader is None:
-        from pipeline.dicom import read_radiograph as reader
+    reader = reader or read_radiograph
     dirs = (
         [Path(data_dir)] if isinstance(data_dir, str | os.PathLike) else [Path(d) for d in data_dir]
     )
@@ -337,8 +313,6 @@ def train_localizer(
                 neg += _mine(loc, s, mined_per_image)
 
     # Platt scaling of the final scores: P(knee | score).
-    from sklearn.linear_model import LogisticRegression
-
     x = np.asarray(pos + neg, dtype=np.float32)
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     scores = x @ loc.w + loc.b
@@ -386,8 +360,6 @@ def train_localizers(
     **kwargs: Any,
 ) -> dict[str, KneeLocalizer]:
     """One detector per view (frontal "ap", lateral "lat"), written together to ``out``."""
-    from pipeline.preprocess.localizer import save_localizers
-
     models = {}
     for v in views:
         say = (lambda m, v=v: progress(f"{v}: {m}")) if progress is not None else None
@@ -430,8 +402,7 @@ def evaluate_localizer(
     Boxes are compared in source pixels, predictions clipped to the image as the
     truth boxes are.
     """
-    if reader is None:
-        from pipeline.dicom import read_radiograph as reader
+    reader = reader or read_radiograph
     loc = localizer or KneeLocalizer.load(view=view)
     truth = load_truth(data_dir, view=view)
     if limit is not None:

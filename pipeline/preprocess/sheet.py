@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.dicom import DicomError, read_radiograph
+from pipeline.io import atomic_write_bytes
 from pipeline.preprocess.chain import RadiographLike, run_steps
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.steps import Work
@@ -72,8 +74,6 @@ def contact_sheet(
 ) -> Path:
     """Write the sheet of the first ``count`` readable files to ``out`` (PNG); returns its path."""
     if reader is None:
-        from pipeline.dicom import DicomError, read_radiograph
-
         reader, errors = read_radiograph, (DicomError, OSError)
     else:
         errors = (Exception,)
@@ -108,6 +108,4 @@ def contact_sheet(
     ok, png = cv2.imencode(".png", np.vstack(rows))
     if not ok:
         raise OSError(f"{out}: cannot encode the contact sheet")
-    from pipeline.io import atomic_write_bytes
-
     return atomic_write_bytes(out, png.tobytes())

@@ -9,9 +9,9 @@ a bilateral radiograph into one item per knee.
 Every step is registered in :data:`STEPS` under the name a YAML configuration uses,
 with a frozen, keyword-only parameter dataclass, and is deterministic: the same
 input gives the same bytes. The array functions (:func:`pad_to_square`,
-:func:`clean_background`, :func:`percentile_window`, :func:`clahe`,
-:func:`resize_square`) take and return numpy arrays only, so they can be tested and
-reused without the chain.
+:func:`~pipeline.preprocess.background.clean_background`, :func:`percentile_window`,
+:func:`clahe`, :func:`resize_square`) take and return numpy arrays only, so they can
+be tested and reused without the chain.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
+from pipeline.preprocess.arrays import U16_MAX, shrink, to_uint16
+from pipeline.preprocess.background import BackgroundOptions, clean_background
+from pipeline.preprocess.localizer import KneeLocalizer
 from pipeline.registry import Registry, check_choice
 
 P = TypeVar("P")
-
-#: Grey levels of the 16-bit output.
-U16_MAX = 65535
 
 
 class PreprocessWarning(UserWarning):
@@ -168,379 +168,10 @@ def pad_square_step(work: Work, p: PadSquareParams) -> list[Work]:
 # --------------------------------------------------------------------------- clean
 
 
-@dataclass(frozen=True)
-class CleanResult:
-    """What :func:`clean_background` found, in input pixel coordinates."""
-
-    image: np.ndarray  # float32 (h, w): the kept region, everything but the anatomy set to 0
-    region: tuple[int, int, int, int]  # (x0, y0, x1, y1): the anatomy's bounding box (+ margin)
-    anatomy: np.ndarray  # bool (h, w): pixels kept as anatomy
-    markers: int  # burned-in marks / debris removed
-    preview: np.ndarray | None = None  # float32: ``image`` at the analysis resolution
-
-
-#: Images with at least this many pixels are shrunk in two stages by :func:`area_resize`
-#: (more than a 512 x 512 image: the phantom's images keep the one-stage average).
-TWO_STAGE_PIXELS = 300_000
-#: ... when they shrink by at least this factor.
-TWO_STAGE_FACTOR = 3
-
-
-def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-average ``image`` down to ``size`` = (width, height), fast on large images.
-
-    OpenCV's ``INTER_AREA`` costs about 4 ns per source pixel for a fractional scale
-    (11 ms for a 2500 x 2000 radiograph) but a fifth of that for an integer one. An
-    image of :data:`TWO_STAGE_PIXELS` or more that shrinks by
-    :data:`TWO_STAGE_FACTOR` or more is first averaged over k x k blocks (k = the
-    largest integer with the intermediate still at least twice ``size``, and at
-    least 2; the last ``h % k`` rows and ``w % k`` columns, under half an output
-    pixel, are left out), then area-resized to ``size``: a 900-pixel knee crop to
-    256 pixels in under half the time. Smaller images and smaller factors take the
-    one-stage resize.
-    """
-    h, w = image.shape[:2]
-    dw, dh = size
-    factor = min(w / dw, h / dh)
-    if image.shape[0] * image.shape[1] >= TWO_STAGE_PIXELS and factor >= TWO_STAGE_FACTOR:
-        k = max(2, int(factor // 2))
-        hk, wk = h // k, w // k
-        image = cv2.resize(image[: hk * k, : wk * k], (wk, hk), interpolation=cv2.INTER_AREA)
-    return cv2.resize(image, (dw, dh), interpolation=cv2.INTER_AREA)
-
-
-def _analysis_copy(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    h, w = image.shape
-    f = min(1.0, size / max(h, w))
-    if f >= 1.0:
-        return image, 1.0
-    return area_resize(image, (max(1, round(w * f)), max(1, round(h * f)))), f
-
-
-def _otsu(values: np.ndarray) -> float:
-    """Otsu threshold of values in [0, 1] (256 bins)."""
-    u8 = np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    t, _ = cv2.threshold(u8.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return float(t) / 255.0
-
-
-def _odd(n: float) -> int:
-    return max(3, round(n) | 1)
-
-
-def blank_border_regions(small: np.ndarray, *, tol: float = 0.04, step: float = 0.1) -> np.ndarray:
-    """Flat regions reaching the image edge behind a sharp step: collimation, shutters.
-
-    Border pixels seed flood fills (fixed range: every connected pixel within ``tol``
-    of the seed value, on a slightly blurred copy, so a smooth ramp cannot leak far).
-    A filled region is a collimation blade or exposure border when it is not thin
-    (it survives an opening), runs along most of one side of the image, and the
-    pixels a little way around it differ from it by at least ``step`` (the blade's
-    edge). A band of smooth soft tissue or a strip of bone reaching the edge has no
-    such step, and a pocket of soft tissue between two bones does not run along a
-    side. The field may be rotated: nothing assumes straight rows or columns.
-    Returns a bool mask.
-    """
-    h, w = small.shape
-    blurred = cv2.GaussianBlur(small, (0, 0), 1.0)
-    labels = np.zeros((h + 2, w + 2), np.uint8)  # floodFill's mask has a 1-pixel frame
-    stride = max(1, min(h, w) // 64)
-    edge = [(x, 0) for x in range(0, w, stride)] + [(x, h - 1) for x in range(0, w, stride)]
-    edge += [(0, y) for y in range(0, h, stride)] + [(w - 1, y) for y in range(0, h, stride)]
-    seeds = []
-    label = 0
-    for x, y in edge:
-        if labels[y + 1, x + 1] or label == 255:
-            continue
-        label += 1
-        flags = 8 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (label << 8)
-        area, *_, (_rx, _ry, rw, rh) = cv2.floodFill(blurred, labels, (x, y), 0, tol, tol, flags)
-        if area >= 0.005 * h * w and (rw >= 0.6 * w or rh >= 0.6 * h):
-            seeds.append(label)
-    labels = labels[1:-1, 1:-1]
-    blank = np.zeros((h, w), bool)
-    n = max(h, w)
-    k_open = np.ones((_odd(0.03 * n),) * 2, np.uint8)
-    k_near = np.ones((5, 5), np.uint8)  # skip the blurred edge itself ...
-    k_far = np.ones((_odd(0.015 * n) + 4,) * 2, np.uint8)  # ... and look a few pixels out
-    for label in seeds:
-        filled = (labels == label).astype(np.uint8)
-        region = cv2.morphologyEx(filled, cv2.MORPH_OPEN, k_open)  # judged without thin parts
-        if region.sum() < 0.005 * h * w:
-            continue
-        sides = (region[0].mean(), region[-1].mean(), region[:, 0].mean(), region[:, -1].mean())
-        if max(sides) < 0.6:  # a blade runs along a whole side; a pocket of tissue does not
-            continue
-        ring = (cv2.dilate(region, k_far) > 0) & (cv2.dilate(region, k_near) == 0)
-        if not ring.any():  # the whole image is one flat region
-            continue
-        inside = float(np.median(blurred[region > 0]))
-        if float(np.median(np.abs(blurred[ring] - inside))) >= step:
-            blank |= cv2.dilate(filled, k_near) > 0  # all of it, and its blurred edge
-    return blank
-
-
-def find_marks(
-    small: np.ndarray, *, contrast: float = 0.3, max_size: float = 0.08
-) -> list[tuple[np.ndarray, float]]:
-    """Burned-in letters and similar marks: small, thin, bright strokes on dark ground.
-
-    A white top-hat (the image minus its opening by a kernel wider than a stroke)
-    keeps thin bright structures. A mark is a group of strokes whose top-hat peak is
-    at least ``2 * contrast``, whose peak is ``contrast + 0.2`` above the median of
-    the ground around it, no larger than ``max_size`` of the image and clear of the
-    image edge. A cortex, a trabecula or a fracture line is neither that bright over
-    its surroundings nor that small and detached, so anatomy is left alone. Returns
-    (bool mask, fill value: the median of the ground around the mark) per mark.
-    """
-    h, w = small.shape
-    n = max(h, w)
-    tophat = cv2.morphologyEx(small, cv2.MORPH_TOPHAT, np.ones((_odd(0.03 * n),) * 2, np.uint8))
-    strokes = (tophat >= contrast).astype(np.uint8)
-    if not strokes.any():
-        return []
-    grouped = cv2.dilate(strokes, np.ones((3, 3), np.uint8))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
-    marks = []
-    for i in range(1, count):
-        x, y, bw, bh, area = (int(v) for v in stats[i])
-        if area < 4 or max(bw, bh) > max_size * n or x == 0 or y == 0 or x + bw >= w or y + bh >= h:
-            continue
-        x0, y0, x1, y1 = max(0, x - 3), max(0, y - 3), min(w, x + bw + 3), min(h, y + bh + 3)
-        mask = np.zeros((h, w), np.uint8)
-        mask[y0:y1, x0:x1] = labels[y0:y1, x0:x1] == i
-        sub = mask[y0:y1, x0:x1]
-        if tophat[y0:y1, x0:x1][sub > 0].max() < 2 * contrast:
-            continue
-        ring = (cv2.dilate(sub, np.ones((5, 5), np.uint8)) > 0) & (sub == 0)
-        ground = float(np.median(small[y0:y1, x0:x1][ring])) if ring.any() else 0.0
-        if float(small[y0:y1, x0:x1][sub > 0].max()) - ground < contrast + 0.2:
-            continue
-        marks.append((mask.astype(bool), ground))
-    return marks
-
-
-def clean_background(
-    image: np.ndarray,
-    *,
-    flat_tol: float = 0.04,
-    edge_step: float = 0.1,
-    mark_contrast: float = 0.3,
-    background: float | None = None,
-    keep_fraction: float = 0.15,
-    margin: float = 0.02,
-    analysis_size: int = 256,
-) -> CleanResult:
-    """Remove collimation borders, blank areas and burned-in marks.
-
-    1. Borders: flat collimation blades, shutters and exposure borders reaching the
-       image edge behind a sharp step (:func:`blank_border_regions`; the field may
-       be rotated).
-    2. Marks: burned-in letters (:func:`find_marks`) are filled with the grey of the
-       ground around them, so no "L" or "R" is left for a model to read.
-    3. Anatomy: the remaining pixels brighter than ``background`` (default: half the
-       Otsu threshold, between air and tissue), opened with a small kernel; connected
-       components smaller than ``keep_fraction`` of the largest are debris and are
-       removed. The kept components, closed and grown by ``margin`` of the size, are
-       the anatomy.
-    4. Everything outside the anatomy is set to 0 (so blank areas neither move the
-       windowing percentiles nor draw the localizer), and ``region`` is the
-       anatomy's bounding box, which the ``clean`` step crops to.
-
-    The analysis runs with OpenCV on a copy at most ``analysis_size`` pixels long; the
-    full-resolution pixels are only filled, masked and cut.
-    """
-    if image.ndim != 2:
-        raise ValueError(f"clean_background expects a 2-D image, got shape {image.shape}")
-    h, w = image.shape
-    src = image.astype(np.float32, copy=False)
-    small, _ = _analysis_copy(src, analysis_size)
-    a = analyse_background(
-        small,
-        flat_tol=flat_tol,
-        edge_step=edge_step,
-        mark_contrast=mark_contrast,
-        background=background,
-        keep_fraction=keep_fraction,
-        margin=margin,
-    )
-    if a.anatomy is None:  # nothing to cut: the image with its marks filled
-        out = src.copy()
-        a.fill_marks(out, (w, h), 0, 0)
-        return CleanResult(out, (0, 0, w, h), np.ones((h, w), bool), a.removed, a.small)
-    x0, y0, x1, y1 = a.region((w, h))
-    keep_mask = a.mask_on((w, h), x0, y0, x1, y1)  # (y1 - y0, x1 - x0) uint8
-    out = src[y0:y1, x0:x1] * keep_mask  # float32 copy, 0 outside the anatomy
-    a.fill_marks(out, (w, h), x0, y0)
-    anatomy_mask = keep_mask.view(bool)  # 0/1 uint8: a bool view, no copy
-    return CleanResult(out, (x0, y0, x1, y1), anatomy_mask, a.removed, a.preview((w, h)))
-
-
-@dataclass(frozen=True)
-class BackgroundAnalysis:
-    """What :func:`analyse_background` found on an analysis copy, and how to map it.
-
-    Every method takes the full image's ``size`` = (width, height): the analysis copy
-    shows the same field of view, so its masks and boxes map to any resolution.
-    """
-
-    small: np.ndarray  # float32 (sh, sw): the analysis copy with its marks filled
-    marks: list[tuple[np.ndarray, float]]  # (bool mask (sh, sw), fill value) per mark
-    anatomy: np.ndarray | None  # uint8 (sh, sw) 0/1; None: keep the whole image
-    removed: int  # marks + debris removed
-
-    def _scale(self, size: tuple[int, int]) -> tuple[float, float]:
-        sh, sw = self.small.shape
-        return sw / size[0], sh / size[1]  # analysis pixels per image pixel
-
-    def region(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
-        """The anatomy's bounding box (x0, y0, x1, y1) in image pixels, rounded outwards."""
-        w, h = size
-        if self.anatomy is None:
-            return (0, 0, w, h)
-        fx, fy = self._scale(size)
-        ys, xs = np.nonzero(self.anatomy)
-        x0, x1 = max(0, math.floor(xs.min() / fx)), min(w, math.ceil((xs.max() + 1) / fx))
-        y0, y1 = max(0, math.floor(ys.min() / fy)), min(h, math.ceil((ys.max() + 1) / fy))
-        return x0, y0, x1, y1
-
-    def mask_on(
-        self,
-        size: tuple[int, int],
-        x0: int,
-        y0: int,
-        x1: int,
-        y1: int,
-        mask: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """An analysis mask (default: the anatomy) on the image pixels [y0:y1, x0:x1] (nearest).
-
-        uint8 (y1 - y0, x1 - x0) for an image of ``size`` = (width, height).
-        """
-        return self.mask_box(size, (x0, y0, x1, y1), (y1 - y0, x1 - x0), mask)
-
-    def mask_box(
-        self,
-        size: tuple[float, float],
-        box: tuple[float, float, float, float],
-        shape: tuple[int, int],
-        mask: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """An analysis mask sampled (nearest) on a ``shape`` = (rows, cols) grid over ``box``.
-
-        ``box`` = (x0, y0, x1, y1) in pixels of an image of ``size`` (any resolution of
-        the same field of view); returns uint8 ``shape``.
-        """
-        fx, fy = self._scale(size)
-        x0, y0, x1, y1 = box
-        kx, ky = (x1 - x0) / shape[1], (y1 - y0) / shape[0]  # image pixels per output pixel
-        if mask is None:
-            mask = self.anatomy if self.anatomy is not None else np.ones(self.small.shape, np.uint8)
-        m = np.float32(
-            [[fx * kx, 0, (x0 + 0.5 * kx) * fx - 0.5], [0, fy * ky, (y0 + 0.5 * ky) * fy - 0.5]]
-        )
-        flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
-        return cv2.warpAffine(mask, m, (shape[1], shape[0]), flags=flags, borderValue=0)
-
-    def paint(
-        self, out: np.ndarray, size: tuple[float, float], box: tuple[float, float, float, float]
-    ) -> np.ndarray:
-        """Blank ``out`` (float32 pixels over ``box``) outside the anatomy and fill its marks.
-
-        The crop-first path's version of step 4, for a region at any resolution.
-        """
-        if self.anatomy is not None:
-            out *= self.mask_box(size, box, out.shape)
-        for mask, fill in self.marks:
-            grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
-            sub = self.mask_box(size, box, out.shape, grown)
-            out[(sub > 0) & (out > 0)] = fill
-        return out
-
-    def fill_marks(self, out: np.ndarray, size: tuple[int, int], x0: int, y0: int) -> None:
-        """Fill the marks in ``out`` (image pixels from (x0, y0) on), only inside their boxes."""
-        fx, fy = self._scale(size)
-        oh, ow = out.shape
-        for mask, fill in self.marks:
-            ys, xs = np.nonzero(mask)
-            bx0 = max(x0, math.floor((xs.min() - 1) / fx))
-            by0 = max(y0, math.floor((ys.min() - 1) / fy))
-            bx1 = min(x0 + ow, math.ceil((xs.max() + 2) / fx))
-            by1 = min(y0 + oh, math.ceil((ys.max() + 2) / fy))
-            if bx1 <= bx0 or by1 <= by0:
-                continue
-            grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
-            sub = self.mask_on(size, bx0, by0, bx1, by1, grown)
-            view = out[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
-            view[(sub > 0) & (view > 0)] = fill
-
-    def preview(self, size: tuple[int, int]) -> np.ndarray:
-        """float32: the cleaned analysis copy cut to :meth:`region` (the localizer's preview)."""
-        if self.anatomy is None:
-            return self.small
-        fx, fy = self._scale(size)
-        x0, y0, x1, y1 = self.region(size)
-        ax0, ay0 = round(x0 * fx), round(y0 * fy)
-        ax1, ay1 = max(ax0 + 1, round(x1 * fx)), max(ay0 + 1, round(y1 * fy))
-        return (self.small * self.anatomy)[ay0:ay1, ax0:ax1]
-
-
-def analyse_background(
-    small: np.ndarray,
-    *,
-    flat_tol: float = 0.04,
-    edge_step: float = 0.1,
-    mark_contrast: float = 0.3,
-    background: float | None = None,
-    keep_fraction: float = 0.15,
-    margin: float = 0.02,
-) -> BackgroundAnalysis:
-    """Steps 1-3 of :func:`clean_background` on a small float32 copy of the image.
-
-    Finds the marks, the blank borders and the anatomy mask at the copy's resolution;
-    nothing at full resolution is touched (see :class:`BackgroundAnalysis`).
-    """
-    sh, sw = small.shape
-    marks = find_marks(small, contrast=mark_contrast)
-    if marks:
-        small = small.copy()
-        for mask, fill in marks:
-            small[mask] = fill
-
-    blank = blank_border_regions(small, tol=flat_tol, step=edge_step)
-    live = small[~blank]
-    if live.size < 0.01 * small.size:  # nothing but border: a blank image, keep it whole
-        return BackgroundAnalysis(small, marks, None, len(marks))
-
-    thr = background if background is not None else 0.5 * _otsu(live)
-    fg = ((small > thr) & ~blank).astype(np.uint8)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((_odd(0.01 * max(sh, sw)),) * 2, np.uint8))
-    _n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    if areas.size == 0:  # nothing above the background: keep it whole
-        return BackgroundAnalysis(small, marks, None, len(marks))
-    keep = np.flatnonzero(areas >= keep_fraction * areas.max()) + 1
-    debris = int(areas.size - keep.size)
-    lut = np.zeros(areas.size + 1, np.uint8)
-    lut[keep] = 1
-    anatomy = lut[labels]
-    grow = np.ones((_odd(2 * margin * max(sh, sw)),) * 2, np.uint8)
-    anatomy = cv2.dilate(cv2.morphologyEx(anatomy, cv2.MORPH_CLOSE, grow), grow)
-    anatomy[blank] = 0
-    if not anatomy.any():  # grown and closed, then blanked away: keep it whole
-        return BackgroundAnalysis(small, marks, None, len(marks))
-    return BackgroundAnalysis(small, marks, anatomy, len(marks) + debris)
-
-
 @dataclass(frozen=True, kw_only=True)
-class CleanParams:
-    flat_tol: float = 0.04  # grey-level tolerance of a flat border region
-    edge_step: float = 0.1  # least step between a collimation blade and the field
-    mark_contrast: float = 0.3  # least brightness of a burned-in letter over its ground
-    background: float | None = None  # air / tissue threshold; None = half Otsu
-    keep_fraction: float = 0.15  # components smaller than this share of the largest are marks
-    margin: float = 0.02  # anatomy mask grown by this share of the size
-    analysis_size: int = 256  # longest side of the analysis copy
+class CleanParams(BackgroundOptions):
+    """:class:`~pipeline.preprocess.background.BackgroundOptions`, checked, and ``crop``."""
+
     crop: bool = True  # cut to the anatomy's bounding box (False: only blank)
 
     def __post_init__(self) -> None:
@@ -563,16 +194,7 @@ class CleanParams:
 @register_step("clean", CleanParams)
 def clean_step(work: Work, p: CleanParams) -> list[Work]:
     """Blank collimation, blank areas and marks outside the anatomy; cut to the anatomy."""
-    r = clean_background(
-        work.image,
-        flat_tol=p.flat_tol,
-        edge_step=p.edge_step,
-        mark_contrast=p.mark_contrast,
-        background=p.background,
-        keep_fraction=p.keep_fraction,
-        margin=p.margin,
-        analysis_size=p.analysis_size,
-    )
+    r = clean_background(work.image, p)
     x0, y0, x1, y1 = r.region
     if p.crop:
         box = work.box if work.box is not None else work.source_box(x0, y0, x1, y1)
@@ -596,11 +218,7 @@ def percentiles(
     """
     step = max(1, math.isqrt(image.size // 65536))
     sample = image[::step, ::step] if step > 1 else image
-    q = (
-        np.clip(sample * np.float32(U16_MAX) + np.float32(0.5), 0, U16_MAX)
-        .astype(np.uint16)
-        .ravel()
-    )
+    q = to_uint16(sample).ravel()
     hist = np.bincount(q, minlength=U16_MAX + 1)
     if ignore_zero and hist[1:].sum() > 0:
         hist[0] = 0
@@ -747,7 +365,7 @@ def clahe(
 
 def clahe_opencv(image: np.ndarray, clip: float = 2.0, grid: int = 8) -> np.ndarray:
     """OpenCV's CLAHE on the image as uint16 (65536 bins per tile; see :func:`clahe`)."""
-    u16 = np.clip(image * np.float32(U16_MAX) + np.float32(0.5), 0, U16_MAX).astype(np.uint16)
+    u16 = to_uint16(image)
     out = cv2.createCLAHE(clipLimit=max(clip, 0.0), tileGridSize=(grid, grid)).apply(u16)
     return out.astype(np.float32) * np.float32(1.0 / U16_MAX)
 
@@ -776,11 +394,9 @@ class ClaheParams:
 @register_step("clahe", ClaheParams)
 def clahe_step(work: Work, p: ClaheParams) -> list[Work]:
     """CLAHE with a configurable clip limit and tile grid, at working resolution."""
-    h, w = work.image.shape
-    if max(h, w) > p.working_size:
-        f = p.working_size / max(h, w)
-        size = (max(1, round(w * f)), max(1, round(h * f)))
-        work = work.resized(area_resize(work.image, size))
+    small, f = shrink(work.image, p.working_size)
+    if f < 1.0:
+        work = work.resized(small)
     if p.backend == "opencv":
         return [replace(work, image=clahe_opencv(work.image, p.clip, p.grid))]
     return [replace(work, image=clahe(work.image, p.clip, p.grid, levels=p.levels))]
@@ -882,8 +498,6 @@ def _clip_to(box: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[in
 @register_step("localize", LocalizeParams)
 def localize_step(work: Work, p: LocalizeParams) -> list[Work]:
     """Knee localisation (HOG + linear SVM): one crop per knee, with its laterality."""
-    from pipeline.preprocess.localizer import KneeLocalizer
-
     loc = KneeLocalizer.load(p.weights, view=KneeLocalizer.view_of(work.meta.get("view")))
     knees = loc.detect(
         work.image,
@@ -919,19 +533,18 @@ def localize_step(work: Work, p: LocalizeParams) -> list[Work]:
 
 __all__ = [
     "STEPS",
-    "TWO_STAGE_FACTOR",
-    "TWO_STAGE_PIXELS",
-    "BackgroundAnalysis",
-    "CleanResult",
+    "ClaheParams",
+    "CleanParams",
+    "LocalizeParams",
+    "PadSquareParams",
     "PreprocessWarning",
+    "ResizeParams",
     "StepSpec",
+    "WindowParams",
     "Work",
-    "analyse_background",
-    "area_resize",
     "clahe",
     "clahe_levels",
     "clahe_opencv",
-    "clean_background",
     "knee_crop_box",
     "pad_to_square",
     "percentile_window",

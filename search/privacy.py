@@ -1,0 +1,143 @@
+"""What may be shared: settings, command lines and files without local paths, hosts or users.
+
+Folder names can name people or places (a hospital archive's ``/archive/DOE^JANE
+MRN123/``), and a home folder names its user, so what the search writes into the
+experiment folder or sends to W&B is passed through these functions first:
+
+- :func:`public`: a configuration (any depth) with every local path replaced by
+  ``<local path>``: the values of the path keys (``data_dir``, ``labels``, ...) and any
+  string that looks like an absolute path;
+- :func:`public_command`: a command line whose data locations, output folders and
+  cluster address are replaced, and whose other absolute paths are too;
+- :func:`public_text`: free text (an error message) with known local folders replaced by
+  short names (``<data>/0001.dcm``) and the home folder by ``~``;
+- :func:`make_files_public`: the YAML and JSON files of a folder rewritten through
+  :func:`public` (the final model's folder, written by ``pipeline.run_final``).
+
+What stays on the machine (the data location, Ray Tune's working files, W&B's debug
+logs) lives beside the experiment folder, in ``results/.local/<experiment id>/``
+(:mod:`search.experiment`); :func:`stow_wandb_logs` moves W&B's debug logs there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.io import atomic_write_json, atomic_write_text
+
+LOCAL_PATH = "<local path>"
+#: configuration keys whose values are local paths, at any depth
+PATH_KEYS = frozenset({"data_dir", "labels", "cache_dir", "checkpoint_dir", "csv", "path", "root"})
+#: command-line options whose value is a local path or a machine's address
+PRIVATE_OPTIONS = frozenset(
+    {"--data", "--labels", "--external", "--results", "--out", "--trainable", "--address"}
+)
+#: W&B's debug logs in each run folder (they name the folders the run wrote to)
+WANDB_LOGS = "logs"
+
+
+def looks_like_path(text: str) -> bool:
+    """An absolute or home-relative path (POSIX, Windows drive or UNC)."""
+    return text.startswith(("/", "~", "\\\\")) or (len(text) > 2 and text[1:3] in (":\\", ":/"))
+
+
+def public(value: Any, key: str = "") -> Any:
+    """``value`` with local paths replaced by ``<local path>`` at any depth, keys made
+    strings (W&B's need) and tuples made lists."""
+    if isinstance(value, Mapping):
+        return {str(k): public(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [public(v, key) for v in value]
+    if isinstance(value, os.PathLike) or (
+        isinstance(value, str) and (key in PATH_KEYS or looks_like_path(value))
+    ):
+        return LOCAL_PATH
+    return value
+
+
+def public_command(command: str) -> str:
+    """A command line (``run spaces/x.yaml --data /archive/DOE_JANE``) fit to record:
+    the values of :data:`PRIVATE_OPTIONS` (``--address auto`` kept) and every other
+    absolute, home-relative or parent-relative path replaced by ``<local path>``."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # an unbalanced quote: keep the words, not the text between
+        words = command.split()
+    out: list[str] = []
+    private_value = False
+    for word in words:
+        option, eq, value = word.partition("=")
+        if private_value:
+            out.append(word if word == "auto" else LOCAL_PATH)
+            private_value = False
+        elif option in PRIVATE_OPTIONS:
+            if eq:
+                out.append(f"{option}={value if value == 'auto' else LOCAL_PATH}")
+            else:
+                out.append(word)
+                private_value = True
+        elif looks_like_path(word) or ".." in Path(word).parts:
+            out.append(LOCAL_PATH)
+        else:
+            out.append(word)
+    return " ".join(w if LOCAL_PATH in w else shlex.quote(w) for w in out)
+
+
+def public_text(text: str, folders: Mapping[str, str | os.PathLike[str] | None]) -> str:
+    """``text`` with each known local folder (``{"<data>": "/archive/DOE_JANE", ...}``)
+    replaced by its short name, longest first, and the home folder by ``~``."""
+    pairs = [(str(Path(p)), name) for name, p in folders.items() if p]
+    with contextlib.suppress(RuntimeError):  # no home folder
+        pairs.append((str(Path.home()), "~"))
+    for path, name in sorted(pairs, key=lambda pair: -len(pair[0])):
+        if len(path) > 1:
+            text = text.replace(path, name)
+    return text
+
+
+def make_files_public(folder: str | os.PathLike[str]) -> list[Path]:
+    """Rewrite the YAML and JSON files directly in ``folder`` through :func:`public`
+    (atomically, and only those that change). Returns the rewritten files."""
+    changed = []
+    for path in sorted(Path(folder).iterdir()):
+        suffix = path.suffix.lower()
+        if not path.is_file() or suffix not in (".yaml", ".yml", ".json"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        clean = public(data)
+        if clean == data:
+            continue
+        if suffix == ".json":
+            atomic_write_json(path, clean)
+        else:
+            atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
+        changed.append(path)
+    return changed
+
+
+def stow_wandb_logs(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str] | None) -> None:
+    """Move a W&B run's debug logs (``run_dir/logs``) to ``dest/<run folder name>``, out
+    of the folder that is shared; without ``dest`` they are deleted. Never raises:
+    tracking must not fail a trial."""
+    logs = Path(run_dir) / WANDB_LOGS
+    if not logs.is_dir():
+        return
+    if dest is not None:
+        target = Path(dest) / Path(run_dir).name
+        with contextlib.suppress(OSError):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(logs), str(target))
+            return
+    shutil.rmtree(logs, ignore_errors=True)
