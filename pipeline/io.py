@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 
 def cache_home() -> Path:
@@ -79,10 +82,6 @@ def content_hash(path: str | os.PathLike[str]) -> str:
     then costs under a millisecond (reading it in 4 MB chunks took 5-8 ms, mostly
     faulting in the fresh buffers).
     """
-    import mmap
-
-    import xxhash
-
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size > 0:  # (an empty file cannot be mapped)

@@ -42,8 +42,8 @@ import errno
 import io
 import json
 import os
-import shutil
 import secrets
+import shutil
 import signal
 import time
 from collections.abc import Iterator, Mapping
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from search.privacy import public, public_command, public_text, stow_wandb_logs
+from search.privacy import ADDRESS, public, public_command, public_text, stow_wandb_logs
 from search.sections import DataSection
 from search.space import SpaceConfig
 from search.values import finite
@@ -172,10 +172,22 @@ def resume_command(path: str | os.PathLike[str]) -> str:
 
 
 def _display(path: Path) -> str:
+    """``path`` for the terminal: relative to the working folder when it is inside it."""
     try:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _source_name(source: str) -> str:
+    """The space file as recorded: a path relative to the working folder as given, else
+    its name only (an absolute path names the user's folders)."""
+    parts = Path(source).parts
+    if source.startswith("<") or not parts:
+        return source
+    if Path(source).is_absolute() or source.startswith("~") or ".." in parts:
+        return parts[-1]
+    return source
 
 
 class ExperimentFolder:
@@ -249,6 +261,11 @@ class ExperimentFolder:
     def display(self) -> str:
         return _display(self.path)
 
+    @property
+    def exists(self) -> bool:
+        """Whether the folder holds an experiment (its ``experiment.json``)."""
+        return (self.path / STATE_FILE).is_file()
+
     # ---- creation, opening, locking ----------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike[str], space: SpaceConfig) -> ExperimentFolder:
@@ -317,10 +334,12 @@ class ExperimentFolder:
 
     @contextlib.contextmanager
     def locked(self, *, command: str | None = None) -> Iterator[ExperimentFolder]:
-        """Hold the folder's lock; refuse, naming the holder, if another driver holds it.
+        """Hold the folder's lock; refuse, naming the holder, if another driver holds it,
+        and refuse (:class:`DataLocationUnknown`) when the experiment ran on a data folder
+        this machine does not know (a driver needs it).
 
-        ``command`` (``run ...``, ``resume ...``) is recorded beside the lock so that a
-        refused driver can say who holds it.
+        ``command`` (``run ...``, ``resume ...``) is recorded beside the lock, without its
+        local paths, so that a refused driver can say who holds it.
         """
         from filelock import FileLock, Timeout
 
@@ -390,13 +409,18 @@ class ExperimentFolder:
 
     def recover(self) -> list[str]:
         """Tidy what a killed driver can leave (call with the lock held): temporary files
-        of interrupted atomic writes, and a last line of ``history.jsonl`` cut short.
+        of interrupted atomic writes, a last line of ``history.jsonl`` cut short, and the
+        debug logs of W&B runs that never finished (moved to the local folder).
         Returns what was removed or repaired."""
         done = []
         for tmp in self.path.glob(".*.tmp"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 done.append(tmp.name)
+        for run_dir in sorted(self.wandb_dir.glob("*run-*")) if self.wandb_dir.is_dir() else ():
+            if (run_dir / "logs").is_dir():
+                stow_wandb_logs(run_dir, self.wandb_logs_dir)
+                done.append(f"wandb/{run_dir.name}/logs (moved to the local folder)")
         if self.history_path.is_file():
             data = self.history_path.read_bytes()
             if data and not data.endswith(b"\n"):
@@ -407,9 +431,11 @@ class ExperimentFolder:
         return done
 
     def space(self) -> SpaceConfig:
-        """The resolved space the experiment runs (validated when it was created)."""
+        """The resolved space the experiment runs (validated when it was created), with
+        the data location of ``results/.local/<id>/paths.json`` when this machine has it."""
         if self._space is None:
             d = yaml.safe_load((self.path / SPACE_FILE).read_text(encoding="utf-8"))
+            d["data"] = {**(d.get("data") or {}), **self.local_paths()}
             check = self.state.get("check_names", True)
             self._space = SpaceConfig.from_dict(
                 d, source=str(self.path / SPACE_FILE), check_names=check, check_choices=False
@@ -417,11 +443,94 @@ class ExperimentFolder:
         return self._space
 
     def save_space(self, space: SpaceConfig) -> None:
-        with disk_full_is_clear(self.path / SPACE_FILE, self.path):
-            atomic_write_text(self.path / SPACE_FILE, space.to_yaml())
-        self.state["check_names"] = space.check_names
-        self._space = space
+        self._write_space(space)
         self.save_state()
+
+    def _write_space(self, space: SpaceConfig) -> None:
+        """``space.yaml`` without the data section's local paths, which go to the local
+        folder; the state records which keys were taken out (not saved here)."""
+        d = space.to_dict()
+        data = d.get("data") or {}
+        local = {k: str(data.pop(k)) for k in LOCAL_KEYS if data.get(k) is not None}
+        if local or self.state.get("local_keys"):
+            self._save_local_paths(local)
+        text = yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=100)
+        with disk_full_is_clear(self.path / SPACE_FILE, self.path):
+            atomic_write_text(self.path / SPACE_FILE, text)
+        self.state["check_names"] = space.check_names
+        self.state["local_keys"] = sorted(local)
+        self._space = space
+
+    # ---- what stays on this machine -------------------------------------------------
+    def local_paths(self) -> dict[str, str]:
+        """The data location this machine knows (``data_dir``, ``labels``, ``cache_dir``
+        from ``results/.local/<id>/paths.json``); empty when it has none."""
+        if self._local_paths is None:
+            self._local_paths = {}
+            if self.state.get("id"):
+                with contextlib.suppress(FileNotFoundError):
+                    paths = json.loads((self.local_dir / PATHS_FILE).read_text(encoding="utf-8"))
+                    self._local_paths = {k: str(v) for k, v in paths.items() if k in LOCAL_KEYS}
+        return dict(self._local_paths)
+
+    def _save_local_paths(self, paths: Mapping[str, str]) -> None:
+        self.local_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with disk_full_is_clear(self.local_dir / PATHS_FILE):
+            atomic_write_json(self.local_dir / PATHS_FILE, dict(paths))
+        self._local_paths = dict(paths)
+
+    def missing_data(self) -> list[str]:
+        """The data keys the experiment ran with that this machine does not know."""
+        known = self.local_paths()
+        return [
+            k
+            for k in self.state.get("local_keys", [])
+            if k in REQUIRED_LOCAL_KEYS and k not in known
+        ]
+
+    def _check_data_location(self) -> None:
+        missing = self.missing_data()
+        if not missing:
+            return
+        give = "--data DIR --labels CSV" if "labels" in self.state["local_keys"] else "--data DIR"
+        raise DataLocationUnknown(
+            f"{self.display} ran on a data folder whose location is kept beside the experiment "
+            f"folder, in {_display(self.local_dir / PATHS_FILE)}, and this machine has none "
+            f"(the folder was copied without results/{LOCAL_DIR}): say where the data is with "
+            f"`python -m search resume {self.display} {give}`"
+        )
+
+    def supply_data(
+        self, data_dir: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None
+    ) -> None:
+        """Record where the data is now (``resume --data DIR [--labels CSV]``): for a
+        folder copied without its local folder, or data that moved. Without ``labels``,
+        ``DIR/labels.csv``. Raises :class:`~search.problems.SpaceError` when the folder or
+        the CSV is not there."""
+        given = (
+            {"data_dir": data_dir} if labels is None else {"data_dir": data_dir, "labels": labels}
+        )
+        section = DataSection.from_dict(given)  # made absolute, checked to exist
+        paths = {k: v for k, v in self.local_paths().items() if k not in REQUIRED_LOCAL_KEYS}
+        paths.update({k: str(v) for k, v in section.trial_settings().items()})
+        self._save_local_paths(paths)
+        self.state["local_keys"] = sorted(paths)
+        self._space = None
+        self.save_state()
+
+    def public_text(self, text: str) -> str:
+        """``text`` (an error, a reason) with this experiment's local folders replaced by
+        ``<data>``, ``<labels>``, ``<cache>``, ``<experiment>``, ``<local>`` and ``~``."""
+        paths = self.local_paths()
+        if not paths:  # a folder made before the local folder: its paths are in the space
+            with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+                data = yaml.safe_load((self.path / SPACE_FILE).read_text(encoding="utf-8"))
+                paths = {k: v for k, v in (data.get("data") or {}).items() if k in LOCAL_KEYS}
+        folders = {f"<{k.removesuffix('_dir')}>": v for k, v in paths.items()}
+        folders["<experiment>"] = str(self.path)
+        if self.state.get("id"):
+            folders["<local>"] = str(self.local_dir)
+        return public_text(text, folders)
 
     @property
     def status(self) -> str:
@@ -446,11 +555,8 @@ class ExperimentFolder:
                 "started": now_iso(),
                 "ended": None,
                 "status": "running",
-                "ray_dir": f"ray/session-{n}",
-                "address": address,
-                "command": command,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
+                "address": address if address in (None, "auto") else ADDRESS,
+                "command": public_command(command),
             }
         )
         self.state["status"] = "running"
@@ -459,6 +565,7 @@ class ExperimentFolder:
 
     def note_data(self, counts: Mapping[str, Any], **fields: Any) -> None:
         """What the trials train and validate on (``pipeline.prepare``'s counts)."""
+        fields = {k: self.public_text(v) if isinstance(v, str) else v for k, v in fields.items()}
         self.state["data"] = {**dict(counts), **fields}
         self.save_state()
 
@@ -485,8 +592,16 @@ class ExperimentFolder:
     # ---- trials ---------------------------------------------------------------------
     @property
     def trials(self) -> dict[int, dict[str, Any]]:
-        """Trial index -> record (a view on the state; keys are ints)."""
-        return {int(k): v for k, v in self.state["trials"].items()}
+        """Trial index -> record (keys are ints; a view on the state, except that a
+        checkpoint folder, recorded relative to the experiment folder, comes absolute:
+        change records with :meth:`trial_note`)."""
+        out = {}
+        for key, rec in self.state["trials"].items():
+            checkpoint = rec.get("checkpoint")
+            if checkpoint and not Path(checkpoint).is_absolute():
+                rec = {**rec, "checkpoint": str(self.path / checkpoint)}
+            out[int(key)] = rec
+        return out
 
     def _record(self, index: int) -> dict[str, Any]:
         return self.state["trials"].setdefault(
@@ -532,7 +647,11 @@ class ExperimentFolder:
     def trial_result(self, index: int, result: Mapping[str, Any]) -> None:
         """One per-epoch report: appended to history.jsonl; the record keeps the latest."""
         rec = self._record(index)
-        metrics = {k: v for k, v in result.items() if finite(v) or isinstance(v, str)}
+        metrics = {
+            k: self.public_text(v) if isinstance(v, str) else v
+            for k, v in result.items()
+            if finite(v) or isinstance(v, str)
+        }
         epoch = result.get("epoch")
         if finite(epoch):
             rec["epochs"] = int(epoch)  # type: ignore[arg-type]
@@ -570,14 +689,14 @@ class ExperimentFolder:
     ) -> None:
         """A trial ended (``fields``: more facts for its record, such as timings)."""
         rec = self._record(index)
-        rec.update({k: v for k, v in fields.items() if v is not None})
+        rec.update(self._public_fields(fields))
         rec["status"] = status
         if metrics:
             rec["metrics"] = {k: v for k, v in metrics.items() if finite(v)}
             if finite(metrics.get("epoch")):
                 rec["epochs"] = int(metrics["epoch"])
         if error:
-            rec["error"] = error
+            rec["error"] = self.public_text(error)
         rec["finished"] = now_iso()
         if rec.get("started_t"):
             rec["duration_s"] = round(time.time() - float(rec["started_t"]), 3)
@@ -587,8 +706,23 @@ class ExperimentFolder:
     def trial_note(self, index: int, **fields: Any) -> None:
         """Add facts to a trial record (node, checkpoint, error text, timings)."""
         rec = self._record(index)
-        rec.update({k: v for k, v in fields.items() if v is not None})
+        rec.update(self._public_fields(fields))
         self.save_state()
+
+    def _public_fields(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Record fields fit for the folder: texts without local folders, a checkpoint
+        folder inside the experiment folder relative to it."""
+        out: dict[str, Any] = {}
+        for key, value in fields.items():
+            if value is None:
+                continue
+            if key == "checkpoint":
+                with contextlib.suppress(ValueError):
+                    value = Path(value).resolve().relative_to(self.path).as_posix()
+            if isinstance(value, str):
+                value = self.public_text(value)
+            out[key] = value
+        return out
 
     # ---- tables ---------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
@@ -667,12 +801,13 @@ class ExperimentFolder:
         with disk_full_is_clear(self.trials_csv, self.path):
             atomic_write_text(self.trials_csv, buf.getvalue())
         best = self.best()
-        if best is not None:
+        if best is not None:  # without local paths (the folder may be shared)
             with disk_full_is_clear(self.best_path, self.path):
-                atomic_write_text(self.best_path, yaml.safe_dump(best, sort_keys=False))
+                atomic_write_text(self.best_path, yaml.safe_dump(public(best), sort_keys=False))
 
     def best(self) -> dict[str, Any] | None:
-        """The best completed trial that meets every outcome constraint (observed values)."""
+        """The best completed trial that meets every outcome constraint (observed values);
+        its ``config`` has the data location this machine knows (``best.yaml`` has none)."""
         try:
             space = self.space()
         except (OSError, ValueError):

@@ -35,6 +35,7 @@ import yaml
 from pipeline.io import atomic_write_json, atomic_write_text
 
 LOCAL_PATH = "<local path>"
+ADDRESS = "<address>"
 #: configuration keys whose values are local paths, at any depth
 PATH_KEYS = frozenset({"data_dir", "labels", "cache_dir", "checkpoint_dir", "csv", "path", "root"})
 #: command-line options whose value is a local path or a machine's address
@@ -66,8 +67,9 @@ def public(value: Any, key: str = "") -> Any:
 
 def public_command(command: str) -> str:
     """A command line (``run spaces/x.yaml --data /archive/DOE_JANE``) fit to record:
-    the values of :data:`PRIVATE_OPTIONS` (``--address auto`` kept) and every other
-    absolute, home-relative or parent-relative path replaced by ``<local path>``."""
+    the values of :data:`PRIVATE_OPTIONS` replaced by ``<local path>`` (``<address>`` for
+    ``--address``, ``auto`` kept), and so is every other absolute, home-relative or
+    parent-relative path."""
     try:
         words = shlex.split(command)
     except ValueError:  # an unbalanced quote: keep the words, not the text between
@@ -77,11 +79,11 @@ def public_command(command: str) -> str:
     for word in words:
         option, eq, value = word.partition("=")
         if private_value:
-            out.append(word if word == "auto" else LOCAL_PATH)
+            out.append(word if word == "auto" else _placeholder(out[-1]))
             private_value = False
         elif option in PRIVATE_OPTIONS:
             if eq:
-                out.append(f"{option}={value if value == 'auto' else LOCAL_PATH}")
+                out.append(f"{option}={value if value == 'auto' else _placeholder(option)}")
             else:
                 out.append(word)
                 private_value = True
@@ -89,7 +91,11 @@ def public_command(command: str) -> str:
             out.append(LOCAL_PATH)
         else:
             out.append(word)
-    return " ".join(w if LOCAL_PATH in w else shlex.quote(w) for w in out)
+    return " ".join(w if w.endswith((LOCAL_PATH, ADDRESS)) else shlex.quote(w) for w in out)
+
+
+def _placeholder(option: str) -> str:
+    return ADDRESS if option == "--address" else LOCAL_PATH
 
 
 def public_text(text: str, folders: Mapping[str, str | os.PathLike[str] | None]) -> str:

@@ -5,9 +5,15 @@ when ``WANDB_API_KEY`` is set and offline otherwise; offline runs are written un
 experiment folder (``results/<name>/wandb``) and can be uploaded later with
 ``wandb sync results/<name>/wandb/offline-run-*``. ``disabled`` logs nothing.
 
-What leaves the machine: the trial's settings and its scalar metrics. Images are
-logged only when the space sets ``tracking.log_images: true``. Strings reported by a
-trial are not logged to W&B (they could carry file names).
+What leaves the machine: the trial's settings (local paths replaced, see
+:func:`search.privacy.public`) and its scalar metrics. Images are logged only when the
+space sets ``tracking.log_images: true``. Strings reported by a trial are not logged to
+W&B (they could carry file names). W&B's own collection of the host, the user, the
+program and its command line, the working folder, git, the machine, the code and the
+console is turned off by :func:`wandb_settings`, the one set of settings of every run
+this project starts, online and offline alike (an offline run holds what an online run
+sends). W&B's debug logs, which name local folders, are moved out of the experiment
+folder when a run finishes (to ``results/.local/<id>/wandb-logs``).
 
 W&B 0.31 has no Python reader for its offline transaction logs (``run-<id>.wandb``), so
 :func:`read_offline_run` decodes them with W&B's own record schema
@@ -29,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from search.experiment import ExperimentFolder
+from search.privacy import public, stow_wandb_logs
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrackingSetup:
@@ -39,6 +48,7 @@ class TrackingSetup:
     entity: str | None = None
     group: str = ""
     root: str | None = None  # the experiment folder; W&B writes root/wandb/
+    logs: str | None = None  # where W&B's debug logs go (outside root); None: deleted
     log_images: bool = False
 
     @property
@@ -50,27 +60,55 @@ class TrackingSetup:
         cls, tracking: Any, name: str, path: str | os.PathLike[str], *, mode: str | None = None
     ) -> TrackingSetup:
         """The setup of one experiment: the space's ``tracking`` section, grouped by the
-        experiment's name, offline runs under its folder; ``mode`` overrides the space's."""
+        experiment's name, offline runs under its folder, debug logs in its local folder;
+        ``mode`` overrides the space's."""
+        folder = ExperimentFolder(path)
         return cls(
             mode=mode or tracking.resolved_mode(),
             project=tracking.project,
             entity=tracking.entity,
             group=name,
-            root=str(path),
+            root=str(folder.path),
+            logs=str(folder.wandb_logs_dir) if folder.exists else None,
             log_images=tracking.log_images,
         )
 
 
-def _settings() -> Any:
+#: a neutral program name in place of the script's path (W&B sends it as the run's program)
+PROGRAM = "radsearch"
+
+
+def wandb_settings() -> Any:
+    """The W&B settings of every run (trials, the summary, the promoted model), online
+    and offline alike: nothing about the machine, its user or the command line.
+
+    Field names are those of ``wandb.Settings`` in wandb 0.31.
+    """
     import wandb
 
     return wandb.Settings(
         silent=True,
-        console="off",
-        x_disable_stats=True,
-        x_save_requirements=False,
-        disable_git=True,
+        # no host name: W&B fills it from socket.gethostname() when unset, and sends it
+        # with the run (upsertBucket's ``host``) and in the run record
+        host="",
+        username="",
+        # the program and its paths (W&B's defaults: the script's absolute path)
+        program=PROGRAM,
+        program_abspath="",
+        program_relpath="",
+        x_executable="python",
+        # wandb-metadata.json / the environment record: command line, working folder,
+        # executable, host, OS, Python, CPU, GPU, disk, memory
+        x_disable_meta=True,
+        x_disable_machine_info=True,
+        x_disable_stats=True,  # system metrics (CPU, GPU, memory, disk, network)
+        disable_git=True,  # remote URL, commit, git root
         disable_code=True,
+        save_code=False,  # also overrides an account's "save code" default when online
+        disable_job_creation=True,  # a job records the program and its environment
+        x_save_requirements=False,  # requirements.txt: the installed packages
+        console="off",  # stdout/stderr capture (output.log): log lines name files
+        symlink=False,  # wandb/debug.log, latest-run: links into the run folders
     )
 
 
@@ -103,33 +141,9 @@ def _loggable(metrics: Mapping[str, Any], log_images: bool) -> dict[str, Any]:
     return out
 
 
-_PATH_KEYS = frozenset({"data_dir", "labels", "cache_dir", "checkpoint_dir", "csv", "path", "root"})
-
-
-def _looks_like_path(text: str) -> bool:
-    return text.startswith(("/", "~", "\\\\")) or (len(text) > 2 and text[1:3] in (":\\", ":/"))
-
-
-def _public(value: Any, key: str = "") -> Any:
-    """``value`` with local paths replaced, at any depth, and keys made strings (W&B's need).
-
-    Folder and file names can name people or places, so neither the settings' path keys
-    nor any absolute path string leave the machine.
-    """
-    if isinstance(value, Mapping):
-        return {str(k): _public(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_public(v, key) for v in value]
-    if isinstance(value, os.PathLike) or (
-        isinstance(value, str) and (key in _PATH_KEYS or _looks_like_path(value))
-    ):
-        return "<local path>"
-    return value
-
-
 def _public_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The trial's settings without local paths (folder names can name people or places)."""
-    return _public(config)
+    return public(config)  # type: ignore[no-any-return]
 
 
 class TrialRun:
@@ -146,6 +160,7 @@ class TrialRun:
     ):
         self.setup = setup
         self._run: Any = None
+        self._run_dir: str | None = None
         if not setup.enabled:
             return
         import wandb
@@ -164,8 +179,9 @@ class TrialRun:
             dir=root,
             tags=list(tags),
             reinit="create_new",
-            settings=_settings(),
+            settings=wandb_settings(),
         )
+        self._run_dir = self._run.settings.sync_dir
 
     @property
     def active(self) -> bool:
@@ -186,7 +202,7 @@ class TrialRun:
             if scalar is not None:
                 self._run.summary[key] = scalar
             elif isinstance(value, str | dict | list):
-                self._run.summary[key] = _public(value, key)
+                self._run.summary[key] = public(value, key)
 
     def log_object(self, key: str, obj: Any) -> None:
         """Log a W&B object (a Table, Html, ...) built by the caller."""
@@ -194,6 +210,7 @@ class TrialRun:
             self._run.log({key: obj})
 
     def finish(self, *, failed: bool = False) -> None:
+        """End the run, then move its debug logs out of the experiment folder."""
         if self._run is None:
             return
         with contextlib.suppress(
@@ -201,6 +218,8 @@ class TrialRun:
         ):  # tracking must never turn a finished trial into a failure
             self._run.finish(exit_code=1 if failed else 0)
         self._run = None
+        if self._run_dir is not None:
+            stow_wandb_logs(self._run_dir, self.setup.logs)
 
 
 def log_summary_run(

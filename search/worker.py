@@ -1,11 +1,13 @@
 """One trial inside a Ray worker: the trainable, its reports, and the faults it handles itself.
 
 The wrapper gives the trainable (``pipeline.run_trial`` by default) its config (fixed
-settings + Ax's parameters + ``checkpoint_dir`` inside the Ray trial folder +
-``threads`` = its CPUs), forwards every per-epoch report to Ray (with its checkpoint
-folder, for trial-level retries), opens the trial's W&B run, and reports the
-trainable's final metrics marked as final (with the folder holding the trial's model
-of record), so a trial a scheduler stopped is never taken for a finished one.
+settings + Ax's parameters + ``checkpoint_dir`` = the trial's checkpoint folder in the
+experiment folder, ``checkpoints/trial-0007`` + ``threads`` = its CPUs), forwards every
+per-epoch report to Ray (with its checkpoint folder, for trial-level retries), opens
+the trial's W&B run, and reports the trainable's final metrics marked as final (with
+the folder holding the trial's model of record), so a trial a scheduler stopped is
+never taken for a finished one. What it tells Ray names no host: the node is Ray's
+node id.
 
 Faults it handles itself, reported to the driver in the final result:
 
@@ -111,6 +113,8 @@ class TrialSetup:
     ``default_batch_size``: the trainable's batch size when the config does not set one
     (``run_trial``'s default), halved once when a trial runs out of memory.
     ``divergence_factor``: see :func:`divergence`.
+    ``checkpoints``: the folder of the trials' checkpoint folders (``trial-0007``), in the
+    experiment folder; None: inside each Ray trial's folder.
     """
 
     trainable: Trainable
@@ -121,6 +125,12 @@ class TrialSetup:
     resume_from: dict[int, str] = field(default_factory=dict)
     default_batch_size: int | None = None
     divergence_factor: float = 10.0
+    checkpoints: str | None = None
+
+
+def checkpoint_name(index: int) -> str:
+    """The checkpoint folder of the trial with Ax index ``index``."""
+    return f"trial-{index:04d}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -226,22 +236,30 @@ class TrialWorker:
         self.setup = setup
         self.index = int(config[INDEX_KEY])
         params = {k: v for k, v in config.items() if k != INDEX_KEY}
-        self.checkpoint_dir = Path(tune.get_context().get_trial_dir()) / "checkpoint"
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = (
+            Path(setup.checkpoints) / checkpoint_name(self.index)
+            if setup.checkpoints
+            else Path(tune.get_context().get_trial_dir()) / "checkpoint"
+        )
         restored = tune.get_checkpoint()
+        resume_from = Path(setup.resume_from.get(self.index) or self.checkpoint_dir)
         if restored is not None:  # Ray retries this trial: continue from its checkpoint
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             restored.to_directory(str(self.checkpoint_dir))
-        elif self.index in setup.resume_from and Path(setup.resume_from[self.index]).is_dir():
-            shutil.copytree(setup.resume_from[self.index], self.checkpoint_dir, dirs_exist_ok=True)
+        elif self.index in setup.resume_from and resume_from.is_dir():
+            if resume_from.resolve() != self.checkpoint_dir.resolve():
+                shutil.copytree(resume_from, self.checkpoint_dir, dirs_exist_ok=True)
+        else:  # a first start: what an earlier attempt left is not this run's
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.config = {
             **setup.base,
             **params,
             "checkpoint_dir": str(self.checkpoint_dir),
             "threads": setup.threads,
         }
-        self.node = (
-            f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
-        )
+        # Ray's node id, not the host name or address: trials.csv may be shared
+        self.node = ray.get_runtime_context().get_node_id()[:8]
         self.run = TrialRun(
             setup.tracking,
             name=f"{setup.experiment}-trial-{self.index:03d}",

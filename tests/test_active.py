@@ -6,12 +6,16 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from explain_models import tiny_model
 
+from pipeline.__main__ import main
 from pipeline.active import (
     ACQUISITIONS,
     Pool,
     RoundResult,
+    SimulationConfig,
+    SimulationError,
     acquire,
     class_quotas,
     diverse_uncertain,
@@ -22,7 +26,20 @@ from pipeline.active import (
     predictive_entropy,
     weighted_kmeans,
 )
+from pipeline.active import simulate as simulation
+from pipeline.active.simulate import (
+    auroc_of,
+    ensemble_probs,
+    member_seed,
+    read_rows,
+    simulate,
+    write_rows,
+)
+from pipeline.deid import pseudonym, resolve_salt
+from pipeline.explain import model_data
 from pipeline.registry import UnknownNameError
+from pipeline.synth import generate
+from pipeline.train.tasks import get_task
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -198,7 +215,6 @@ def test_learning_curves_average_seeds_and_labels_to_reach_interpolates():
 
 
 def test_rounds_csv_round_trips(tmp_path):
-    from pipeline.active.simulate import read_rows, write_rows
 
     rows = [_row("random", 0, 0, 10, 0.625), _row("entropy_kmeans", 1, 2, 90, 0.875)]
     assert read_rows(write_rows(rows, tmp_path / "rounds.csv")) == rows
@@ -213,15 +229,12 @@ def model_dir(tmp_path_factory, phantom_dir):
 
 
 def _run(argv):
-    from pipeline.__main__ import main
 
     return main(argv)
 
 
 @pytest.mark.parametrize("strategy", ["entropy", "badge", "entropy_kmeans", "class_balanced"])
 def test_rank_unlabeled_returns_distinct_unlabeled_images(model_dir, tmp_path, strategy):
-    from pipeline.deid import pseudonym, resolve_salt
-    from pipeline.explain import model_data
 
     out = tmp_path / "rank"
     code = _run(
@@ -264,8 +277,6 @@ def test_rank_unlabeled_shows_paths_only_when_asked(model_dir, tmp_path, capsys)
 
 
 def test_simulation_records_each_round_for_each_strategy(tmp_path):
-    from pipeline.active.simulate import SimulationConfig, simulate
-    from pipeline.synth import generate
 
     data = tmp_path / "labeled"
     generate(data, n=48, seed=3, size=128, labeled_fraction=1.0)
@@ -303,20 +314,14 @@ def test_simulation_records_each_round_for_each_strategy(tmp_path):
 
 
 def test_ensemble_probabilities_are_the_members_mean(monkeypatch):
-    import torch
-
-    import pipeline.train
-    from pipeline.active.simulate import auroc_of, ensemble_probs, member_seed
 
     outputs = {"a": [[0.9, 0.1], [0.2, 0.8]], "b": [[0.5, 0.5], [0.6, 0.4]]}
     monkeypatch.setattr(
-        pipeline.train, "predict", lambda m, ds: (torch.tensor(outputs[m]), np.zeros(2))
+        simulation, "predict", lambda m, ds: (torch.tensor(outputs[m]), np.zeros(2))
     )
     assert ensemble_probs(["a", "b"], None) == pytest.approx(np.array([[0.7, 0.3], [0.4, 0.6]]))
     assert ensemble_probs(["a"], None) == pytest.approx(np.array(outputs["a"]))
     assert member_seed(3, 0) == 3 and len({member_seed(3, e) for e in range(4)}) == 4
-
-    from pipeline.train.tasks import get_task
 
     class Labeled:  # a dataset of four crops, one unlabeled (-1)
         labels = (0, 1, 0, -1)
@@ -328,7 +333,6 @@ def test_ensemble_probabilities_are_the_members_mean(monkeypatch):
 
 
 def test_simulation_config_names_the_bad_setting():
-    from pipeline.active import SimulationConfig, SimulationError
 
     with pytest.raises(SimulationError, match="did you mean 'badge'"):
         SimulationConfig(strategies=("badg",))

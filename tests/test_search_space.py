@@ -53,13 +53,23 @@ def test_fixmatch_space_fits_the_cpu_budget():
         "pseudo_label_threshold",
         "ssl_epochs",
         "lr",
-        "weight_decay",
+        "dist_align",
         "mu",
         "lambda_u",
     } <= names
     backbones = space.parameters.get("backbone")
     assert isinstance(backbones, ChoiceParameter)
-    assert set(backbones.values) <= {"resnet10t", "mobilenetv3_small_050", "convnext_atto"}
+    # small networks that learn from scratch within 200 steps at 64 px (mobilenetv3_small_050
+    # reached 0.63 validation AUROC, convnext_atto 0.43, resnet10t and resnet14t 0.94)
+    assert set(backbones.values) <= {"resnet10t", "resnet14t"}
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_shipped_spaces_validate_on_enough_crops_to_rank_trials(path):
+    """No shipped space starts with the small-validation warning."""
+    from search.noise import planned_warning
+
+    assert planned_warning(load_space(path)) is None
 
 
 def _write(tmp_path, text: str) -> Path:

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 from pipeline.active.strategies import ACQUISITIONS, Pool, acquire, list_strategies
 from pipeline.deid import pseudonym, resolve_salt
@@ -170,15 +170,11 @@ def write_ranking(
 
 def contact_sheet(rows: list[dict[str, Any]], pool: Any, *, columns: int = 8) -> bytes:
     """PNG of the ranked crops (frontal view), captioned with rank, key and prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = max(1, len(rows))
     cols = min(columns, n)
     grid_rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(grid_rows, cols, figsize=(cols * 1.5, grid_rows * 1.75), squeeze=False)
+    fig = Figure(figsize=(cols * 1.5, grid_rows * 1.75))  # (no pyplot: no backend, no close)
+    axes = fig.subplots(grid_rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
@@ -196,5 +192,4 @@ def contact_sheet(rows: list[dict[str, Any]], pool: Any, *, columns: int = 8) ->
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
     return buf.getvalue()

@@ -36,9 +36,10 @@ measures the pipeline a search would run, on a small budget.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import math
-import os
 import random
 import time
 from collections import defaultdict
@@ -48,8 +49,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from pipeline.active.strategies import ACQUISITIONS, Pool, acquire
+from pipeline.data import CachedRadiographs
+from pipeline.explain.inputs import infer
+from pipeline.io import atomic_write_text
 from pipeline.registry import UnknownNameError
+from pipeline.train import TrainData, fit, predict
+from pipeline.train.batches import dataset_labels
+from pipeline.train.metrics import classification_metrics
+from pipeline.train.runtime import using_threads
+from pipeline.trial import TrialConfig, cache_root, ensure_phantom, prepare_data
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin", "badge", "coreset", "entropy_kmeans")
 
@@ -74,8 +85,6 @@ class SimulationConfig:
     ensemble: int = 1  # models trained per round (seeds apart); their probabilities averaged
 
     def __post_init__(self) -> None:
-        from pipeline.active.strategies import ACQUISITIONS
-
         if not self.strategies:
             raise SimulationError("strategies: name at least one")
         for name in self.strategies:
@@ -109,34 +118,6 @@ class RoundResult:
 # ----------------------------------------------------------------------------- data
 
 
-def labeled_phantom(
-    n: int, seed: int, size: int, root: Path, *, fracture_rate: float = 0.25, workers: int = 1
-) -> Path:
-    """A phantom set with every image labeled, generated once under ``root/phantom``."""
-    from filelock import FileLock
-
-    from pipeline.synth import generate
-
-    target = root / "phantom" / f"labeled-n{n}-seed{seed}-px{size}-fx{fracture_rate:g}"
-    if (target / "synth.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if not (target / "synth.json").exists():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            generate(
-                tmp,
-                n=n,
-                seed=seed,
-                size=size,
-                labeled_fraction=1.0,
-                fracture_rate=fracture_rate,
-                workers=workers,
-            )
-            os.replace(tmp, target)
-    return target
-
-
 def initial_set(labels: np.ndarray, size: int, seed: int) -> list[int]:
     """A seeded draw of ``size`` pool indices holding at least one fractured (label > 0)
     and one unfractured crop."""
@@ -159,8 +140,6 @@ class _Data:
     root: Path
 
     def dataset(self, items: Sequence[Any]) -> Any:
-        from pipeline.data import CachedRadiographs
-
         return CachedRadiographs(
             list(items), self.index, views=self.views, missing_view=self.missing_view
         )
@@ -169,17 +148,16 @@ class _Data:
 def prepare_simulation(config: SimulationConfig) -> tuple[Any, _Data]:
     """The trial configuration and the pool, validation and test data of ``config``
     (generating and preprocessing the phantom on first use)."""
-    from pipeline.trial import TrialConfig, cache_root, prepare_data
-
     trial = dict(config.trial)
     cfg = TrialConfig.from_dict(trial)
     root = cache_root(cfg.data)
     if not cfg.data.data_dir:
-        path = labeled_phantom(
+        path = ensure_phantom(
             config.phantom_n,
             config.phantom_seed,
             cfg.data.phantom_size,
             root,
+            labeled_fraction=1.0,
             fracture_rate=config.phantom_fracture_rate,
             workers=cfg.data.preprocess_workers or cfg.train.threads or 1,
         )
@@ -217,19 +195,12 @@ def member_seed(seed: int, member: int) -> int:
 
 def ensemble_probs(models: Sequence[Any], dataset: Any) -> np.ndarray:
     """Class probabilities (N, C) of ``dataset``, averaged over ``models``."""
-    from pipeline.train import predict
-
     return np.mean([predict(m, dataset)[0].numpy() for m in models], axis=0)  # (N, C)
 
 
 def auroc_of(probs: np.ndarray, dataset: Any, task: Any) -> float:
     """AUROC of class probabilities (N, C) against the labels of ``dataset`` (items
     labeled -1 left out); NaN when it is undefined."""
-    import torch
-
-    from pipeline.train.batches import dataset_labels
-    from pipeline.train.metrics import classification_metrics
-
     y = task.encode_many(dataset_labels(dataset))  # (N,)
     keep = y >= 0
     metrics = classification_metrics(
@@ -244,8 +215,6 @@ def _train(
     """Train ``ensemble`` models on the labeled pool indices (seeds
     :func:`member_seed`); returns them and the round's metrics of their averaged
     probabilities."""
-    from pipeline.train import TrainData, fit
-
     chosen = set(labeled)
     hidden = [
         dataclasses.replace(item, label=-1) for i, item in enumerate(data.pool) if i not in chosen
@@ -284,9 +253,6 @@ def _next_batch(
     """Pool indices (k) that ``strategy`` picks among the unlabeled ones, from the
     models' averaged probabilities and their pooled features side by side (an
     ensemble's squared distances are the sum of its members')."""
-    from pipeline.active.strategies import ACQUISITIONS, Pool, acquire
-    from pipeline.explain.inputs import infer
-
     chosen = set(labeled)
     rest = [i for i in range(len(data.pool)) if i not in chosen]
     needs = ACQUISITIONS.get(strategy).needs_embeddings
@@ -308,8 +274,6 @@ def simulate(
     config: SimulationConfig, *, progress: Callable[[RoundResult], None] | None = None
 ) -> list[RoundResult]:
     """Run every strategy for every seed (module docstring); ``progress`` sees each round."""
-    from pipeline.train.runtime import using_threads
-
     cfg, data = prepare_simulation(config)
     labels = np.asarray([i.label for i in data.pool])
     rows: list[RoundResult] = []
@@ -389,11 +353,6 @@ def labels_to_reach(curve: Sequence[tuple[float, float]], target: float) -> floa
 
 def write_rows(rows: Sequence[RoundResult], path: str | Path) -> Path:
     """The rounds as a CSV (one row per strategy, seed and round)."""
-    import csv
-    import io
-
-    from pipeline.io import atomic_write_text
-
     buf = io.StringIO()
     names = [f.name for f in dataclasses.fields(RoundResult)]
     writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
@@ -405,8 +364,6 @@ def write_rows(rows: Sequence[RoundResult], path: str | Path) -> Path:
 
 def read_rows(path: str | Path) -> list[RoundResult]:
     """The rounds of a CSV that :func:`write_rows` wrote."""
-    import csv
-
     types = {f.name: f.type for f in dataclasses.fields(RoundResult)}
     cast = {"str": str, "int": int, "float": float}
     with open(path, newline="") as f:

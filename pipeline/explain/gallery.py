@@ -24,6 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from matplotlib.figure import Figure
 
 from pipeline.io import atomic_write_bytes, atomic_write_text
 
@@ -133,15 +134,12 @@ def grouped(items: Sequence[GalleryItem]) -> dict[str, list[GalleryItem]]:
 
 def draw_png(items: Sequence[GalleryItem], *, title: str) -> bytes:
     """One row per group, each item as an (image, overlay) pair with its caption."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = grouped(items)
     rows = max(1, len(groups))
     cols = max([len(v) for v in groups.values()] or [1])
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.6, rows * 2.0), squeeze=False)
+    # A bare Figure, not pyplot: no backend to choose, no global figure to close.
+    fig = Figure(figsize=(2 * cols * 1.6, rows * 2.0))
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, (name, members) in enumerate(groups.items()):
@@ -164,7 +162,6 @@ def draw_png(items: Sequence[GalleryItem], *, title: str) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -32,6 +32,11 @@ from pydicom.uid import (
 from ..io import atomic_write_bytes
 from ..registry import check_choice
 
+try:  # optional for reading (pydicom's decoders are plugins); only this JPEG writer needs it
+    import gdcm
+except ImportError:
+    gdcm = None
+
 TRANSFER_SYNTAXES: dict[str, str] = {
     "uncompressed": ExplicitVRLittleEndian,
     "rle": RLELossless,
@@ -167,12 +172,8 @@ def _set(ds: Dataset, keyword: str, value: Any) -> None:
 
 def _gdcm_jpeg_lossless(arr: np.ndarray, bits: int, photometric: str) -> bytes:
     """JPEG lossless SV1 codestream of one frame, encoded by GDCM."""
-    try:
-        import gdcm
-    except ImportError as e:  # pragma: no cover - python-gdcm is a dependency
-        raise RuntimeError(
-            "writing JPEG lossless needs python-gdcm: pip install python-gdcm"
-        ) from e
+    if gdcm is None:
+        raise RuntimeError("writing JPEG lossless needs python-gdcm: pip install python-gdcm")
     rows, cols = arr.shape
     writer = gdcm.ImageWriter()  # keeps the image alive while it is converted
     image = writer.GetImage()
