@@ -299,3 +299,99 @@ def test_botorch_generation_strategy_is_pinned_and_survives_resume(tmp_path):
 
     sobol_space = _space(algorithm="sobol")
     assert "MBM" not in build_client(sobol_space)._generation_strategy.nodes_by_name
+
+
+def test_the_standard_error_of_each_report_reaches_ax():
+    """A metric reported with ``<metric>_sem`` goes to Ax as (mean, SEM); without one,
+    as a bare mean (Ax then infers the noise)."""
+    from search.searcher import observation
+
+    names = {"val/auroc": "val_auroc", "val/sensitivity": "val_sensitivity"}
+    row = {"val/auroc": 0.9, "val/auroc_sem": 0.03, "val/sensitivity": 0.8}
+    assert observation(row, names) == {"val_auroc": (0.9, 0.03), "val_sensitivity": 0.8}
+    assert observation({"val/auroc": float("nan")}, names) == {}
+
+    space = _space(trials=2, concurrency=1, initial_trials=2)
+    client = build_client(space)
+    s = AxSearcher(client, space, max_trials=2, concurrency=1)
+    s.suggest("a")
+    s.on_trial_result("a", {"epoch": 1, "val/auroc": 0.7, "val/auroc_sem": 0.05})
+    s.on_trial_complete("a", {FINAL_KEY: 1, "epoch": 2, "val/auroc": 0.8, "val/auroc_sem": 0.04})
+    df = client._experiment.lookup_data().df  # Ax's own record of the final observation
+    assert list(zip(df["mean"].round(3), df["sem"].round(3))) == [(0.8, 0.04)]
+
+
+def _asha(trials=8):
+    from search.stopping import build_scheduler
+
+    space = _space(trials=trials, scheduler="asha", epochs=4, grace_period=1, reduction_factor=2)
+    stopped: dict[str, str] = {}
+    searcher = AxSearcher(build_client(space), space, max_trials=trials, concurrency=2)
+    return build_scheduler(space, searcher, stopped), stopped
+
+
+def test_asha_does_not_stop_on_differences_within_the_noise():
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler, stopped = _asha()
+    row = {"epoch": 1, "val/auroc_sem": 0.05}
+    assert scheduler.on_trial_result(None, _Trial("a"), {**row, "val/auroc": 0.85}) == "CONTINUE"
+    # 0.05 below the cutoff with a standard error of 0.05 each: within 2 x 0.07, goes on
+    decision = scheduler.on_trial_result(None, _Trial("b"), {**row, "val/auroc": 0.80})
+    assert decision == TrialScheduler.CONTINUE and not stopped
+    # 0.45 below: clearly worse, stopped with the figures that decided it
+    decision = scheduler.on_trial_result(None, _Trial("c"), {**row, "val/auroc": 0.40})
+    assert decision == TrialScheduler.STOP
+    assert "c" in stopped and "standard errors" in stopped["c"] and "0.4" in stopped["c"]
+
+
+def test_asha_without_a_standard_error_is_plain_asha():
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler, stopped = _asha()
+    scheduler.on_trial_result(None, _Trial("a"), {"epoch": 1, "val/auroc": 0.85})
+    decision = scheduler.on_trial_result(None, _Trial("b"), {"epoch": 1, "val/auroc": 0.84})
+    assert decision == TrialScheduler.STOP and "b" in stopped
+
+
+def test_a_parameter_several_parent_values_activate_is_one_name_outside_ax():
+    """Ax's hierarchical spaces are trees: ``ssl_epochs`` active for simclr and byol is two
+    Ax parameters, and one name in every proposal, record and trial config."""
+    from search.searcher import from_ax, to_ax
+
+    space = SpaceConfig.from_dict(
+        {
+            "name": "branches",
+            "objective": {"metric": "val/auroc"},
+            "parameters": {
+                "ssl_method": {"type": "choice", "values": ["none", "simclr", "byol"]},
+                "ssl_epochs": {
+                    "type": "choice",
+                    "values": [2, 5],
+                    "when": {"ssl_method": ["simclr", "byol"]},
+                },
+                "lr": {"type": "range", "bounds": [1e-4, 1e-2], "scale": "log"},
+            },
+            "budget": {"trials": 8, "concurrency": 8, "initial_trials": 8},
+        },
+        source="branches.yaml",
+    )
+    ours = {"ssl_method": "byol", "ssl_epochs": 5, "lr": 1e-3}
+    assert to_ax(space, ours) == {"ssl_method": "byol", "ssl_epochs__when_byol": 5, "lr": 1e-3}
+    assert from_ax(space, to_ax(space, ours)) == ours
+    s = AxSearcher(build_client(space), space, max_trials=8, concurrency=8)
+    proposals = [s.suggest(str(i)) for i in range(8)]
+    for p in proposals:
+        assert not any("__when_" in k for k in p)
+        assert ("ssl_epochs" in p) == (p["ssl_method"] != "none")
+
+
+def test_the_baseline_is_the_first_trial():
+    space = SpaceConfig.from_dict(
+        {**SPACE, "baseline": {"lr": 0.003, "lambda_u": 1.0, "loss": "focal", "focal_gamma": 2.0}},
+        source="unit.yaml",
+    )
+    s = AxSearcher(build_client(space), space, max_trials=5, concurrency=2, baseline=space.baseline)
+    first = s.suggest("a")
+    assert {k: first[k] for k in ("lr", "lambda_u", "loss", "focal_gamma")} == dict(space.baseline)
+    assert first[INDEX_KEY] == 0 and s.suggest("b")[INDEX_KEY] == 1

@@ -285,3 +285,73 @@ def test_list_command(capsys):
     assert (
         "resnet18" in names and "resnet10t" in names and all(n.startswith("resnet1") for n in names)
     )
+
+
+def test_an_objective_no_trial_reports_is_refused_with_the_closest_names(tmp_path):
+    text = BASE.replace("objective: {metric: val/auroc}", "objective: {metric: val/aurco}")
+    with pytest.raises(
+        SpaceError, match=r"objective.metric: .*'val/aurco'.*did you mean 'val/auroc'"
+    ):
+        load_space(_write(tmp_path, text))
+    text = BASE.replace(
+        "objective: {metric: val/auroc}",
+        "objective: {metric: val/auroc, constraints: ['val/sensitivty >= 0.8']}",
+    )
+    with pytest.raises(
+        SpaceError, match=r"objective.constraints\[0\]: .*did you mean 'val/sensitivity'"
+    ):
+        load_space(_write(tmp_path, text))
+    # a metric only the 7-class task reports is fine when the space runs that task
+    ok = BASE.replace("objective: {metric: val/auroc}", "objective: {metric: val/kappa}")
+    with pytest.raises(SpaceError, match="val/kappa"):
+        load_space(_write(tmp_path, ok))
+    assert load_space(_write(tmp_path, ok + "  task: schatzker\n")).objective.metric == "val/kappa"
+    # a custom trainable reports its own names
+    custom = SpaceConfig.from_dict(
+        {
+            "objective": {"metric": "score"},
+            "parameters": {"x": {"type": "range", "bounds": [0, 1]}},
+        },
+        check_names=False,
+    )
+    assert custom.objective.metric == "score"
+
+
+def test_objective_folds_reach_every_trial_and_exclude_fold_parameters(tmp_path):
+    text = BASE.replace(
+        "objective: {metric: val/auroc}", "objective: {metric: val/auroc, folds: 5}"
+    )
+    space = load_space(_write(tmp_path, text))
+    assert space.objective.folds == 5 and space.trial_base()["folds"] == 5
+    with pytest.raises(SpaceError, match="objective.folds: expected a number of folds >= 2"):
+        load_space(_write(tmp_path, text.replace("folds: 5", "folds: 1")))
+    with pytest.raises(SpaceError, match="parameters.fold: objective.folds cross-validates"):
+        load_space(_write(tmp_path, text + "  fold: 1\n"))
+
+
+def test_a_baseline_names_a_value_for_every_active_searched_parameter(tmp_path):
+    text = (
+        BASE
+        + "  loss: [ce, focal]\n  focal_gamma: {type: range, bounds: [1, 3], when: {loss: focal}}\n"
+    )
+    ok = load_space(_write(tmp_path, text + "baseline: {lr: 0.001, loss: ce}\n"))
+    assert ok.baseline == {"lr": 0.001, "loss": "ce"}
+    problems = [
+        ("baseline: {lr: 0.001}\n", "baseline.loss: missing"),
+        ("baseline: {lr: 0.5, loss: ce}\n", r"baseline.lr: expected a number in \[0.0001, 0.01\]"),
+        ("baseline: {lr: 0.001, loss: ce, focal_gamma: 2}\n", "baseline.focal_gamma: inactive"),
+        ("baseline: {lr: 0.001, loss: focal}\n", "baseline.focal_gamma: missing"),
+        ("baseline: {lr: 0.001, loss: ce, lrr: 1}\n", "did you mean 'lr'"),
+    ]
+    for extra, message in problems:
+        with pytest.raises(SpaceError, match=message):
+            load_space(_write(tmp_path, text + extra))
+    assert "baseline" in ok.to_dict() and load_space(_write(tmp_path, ok.to_yaml())) == ok
+
+
+def test_validate_warns_when_the_validation_split_cannot_rank_trials(tmp_path, capsys):
+    small = BASE + "data: {phantom_n: 200}\n"
+    assert main(["validate", str(_write(tmp_path, small))]) == 0, "a warning, not an error"
+    out = capsys.readouterr().out
+    assert "the validation split is too small to rank configurations" in out
+    assert "objective.folds: 5" in out and "val_fraction" in out

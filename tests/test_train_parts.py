@@ -326,3 +326,16 @@ def test_native_cpu_bf16_reads_the_cpu_flags(monkeypatch, tmp_path, flags, nativ
         assert runtime.native_cpu_bf16() is native
     finally:
         runtime.native_cpu_bf16.cache_clear()
+
+
+def test_bf16_if_native_follows_the_hardware(monkeypatch):
+    import torch
+
+    from pipeline.train import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)
+    assert runtime.resolve_precision("bf16-if-native", cpu) == "bf16-mixed"
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
+    assert runtime.resolve_precision("bf16-if-native", cpu) == "32-true"
+    assert runtime.resolve_precision("auto", cpu) == "32-true", "auto stays fp32 on any CPU"
