@@ -29,9 +29,9 @@ from ax.analysis.plotly.sensitivity import SensitivityAnalysisPlot
 from scipy.stats import spearmanr
 
 import pipeline
+from search.axclient import ax_metric_name, quiet_ax
 from search.experiment import COMPLETED, EARLY_STOPPED, ExperimentFolder
 from search.parameters import ChoiceParameter, RangeParameter
-from search.searcher import ax_metric_name, quiet_ax
 from search.space import SpaceConfig
 from search.values import finite
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
+from search.axclient import ax_metric_name, ax_trial_statuses, build_client, quiet_ax
 from search.cluster import cluster_nodes, fit_concurrency, ray_session
 from search.errors import SearchError
 from search.experiment import (
@@ -67,16 +68,9 @@ from search.experiment import (
 )
 from search.noise import prepared_warning
 from search.progress import Progress
+from search.proposers import make_proposer
 from search.report import write_report
-from search.searcher import (
-    AxSearcher,
-    ax_metric_name,
-    ax_trial_statuses,
-    build_client,
-    make_proposer,
-    observation,
-    quiet_ax,
-)
+from search.searcher import AxSearcher, observation
 from search.space import SpaceConfig, load_space
 from search.stopping import build_scheduler
 from search.tracking import TrackingSetup, log_summary_run

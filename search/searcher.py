@@ -17,36 +17,34 @@ ax-platform 1.3, so the platform talks to ``ax.Client`` directly:
   ``trials.csv``.
 - after every change the Ax state is written atomically to the experiment folder.
 
-Proposals come from the platform's Ax generation strategy (:func:`generation_strategy`:
-centre, seeded Sobol, then BoTorch with a Matern-5/2 GP and qLogNEI) or, for
-comparison, from a uniform random or Optuna TPE proposer; their trials are attached to
-the same Ax experiment, so every algorithm leaves the same records and can resume.
+Proposals come from the platform's Ax generation strategy
+(``search.axclient.generation_strategy``: centre, seeded Sobol, then BoTorch with a
+Matern-5/2 GP and qLogNEI) or, for comparison, from a uniform random or Optuna TPE
+proposer (``search.proposers``); their trials are attached to the same Ax experiment,
+so every algorithm leaves the same records and can resume.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import re
 import time
-import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from ax import ChoiceParameterConfig, Client, RangeParameterConfig
-from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
-from ax.api.utils.structs import GenerationStrategyDispatchStruct
-from ax.core.parameter_constraint import ParameterConstraint
+from ax import Client
 from ax.exceptions.core import AxError
-from ax.generators.torch.botorch_modular.kernels import DefaultMaternKernel
-from ax.generators.torch.botorch_modular.utils import ModelConfig
-from ax.utils.common.logger import set_ax_logger_levels
-from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from ray.tune.search import Searcher
 
+from search.axclient import (
+    ax_metric_name,
+    ax_trial_statuses,
+    build_client,
+    from_ax,
+    generation_strategy,
+    quiet_ax,
+    to_ax,
+)
 from search.keys import (
     BATCH_KEY,
     FINAL_KEY,
@@ -57,288 +55,19 @@ from search.keys import (
     RETRY_KEY,
     SEM_SUFFIX,
 )
-from search.parameters import ChoiceParameter, RangeParameter
+from search.proposers import RandomProposer, TPEProposer, make_proposer
 from search.space import SpaceConfig
 from search.values import finite, plain
 
 if TYPE_CHECKING:
-    from ax.generation_strategy.generation_strategy import GenerationStrategy
-
     from search.experiment import ExperimentFolder
 
 log = logging.getLogger(__name__)
+#: how a trial ended, as the searcher records it: (status, metrics, stop reason); each
+#: ``_failed`` / ``_completed`` / ``_stopped_*`` method tells Ax and returns one
+Ending = tuple[str, dict[str, Any] | None, str | None]
 # Seconds between Ax state saves caused by intermediate results alone (see on_trial_result).
 PROGRESSION_SAVE_S = 30.0
-
-
-def ax_metric_name(metric: str) -> str:
-    """Ax parses objective strings as expressions: ``val/auroc`` -> ``val_auroc``."""
-    return re.sub(r"\W", "_", metric)
-
-
-@contextlib.contextmanager
-def quiet_ax() -> Iterator[None]:
-    """Ax logs every trial at INFO and BoTorch warns about fits; keep the terminal clean."""
-    set_ax_logger_levels(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-#: how Ax names a parameter that several values of its parent activate: Ax's hierarchical
-#: spaces are trees (one parent value per child), so such a parameter becomes one Ax
-#: parameter per activating value (``ssl_epochs__when_simclr``, ``ssl_epochs__when_byol``),
-#: and back to one name in every trial config and record
-BRANCH = "__when_"
-
-
-def _branches(p: RangeParameter | ChoiceParameter) -> list[tuple[str, Any]]:
-    """(Ax name, activating parent value or None) of one of our parameters."""
-    if p.when is None or len(p.when.values) == 1:
-        return [(p.name, None)]
-    return [(f"{p.name}{BRANCH}{v}", v) for v in p.when.values]
-
-
-def from_ax(space: SpaceConfig, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Ax's parameters of a trial -> ours (the branch copies back to their one name)."""
-    return {n.split(BRANCH, 1)[0]: plain(v) for n, v in params.items()}
-
-
-def to_ax(space: SpaceConfig, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Our parameters of a trial -> Ax's (a multi-branch parameter under its branch's name)."""
-    out = {}
-    for p in space.parameters.searched:
-        if p.name in params:
-            branch = dict((v, n) for n, v in _branches(p))
-            key = p.name if None in branch else branch.get(params.get(p.when.parent), p.name)
-            out[key] = params[p.name]
-    return out
-
-
-def _ax_parameter(p: RangeParameter | ChoiceParameter, name: str, space: SpaceConfig) -> Any:
-    if isinstance(p, RangeParameter):
-        return RangeParameterConfig(
-            name=name,
-            bounds=(p.bounds[0], p.bounds[1]),
-            parameter_type=p.value_type,
-            scaling=p.scale,
-            step_size=p.step,
-        )
-    children: dict[Any, list[str]] = {}
-    for child in space.parameters.searched:
-        if child.when is not None and child.when.parent == p.name:
-            for ax_name, value in _branches(child):
-                for v in [value] if value is not None else child.when.values:
-                    children.setdefault(v, []).append(ax_name)
-    return ChoiceParameterConfig(
-        name=name,
-        values=list(p.values),
-        parameter_type=p.value_type,
-        is_ordered=p.ordered,
-        dependent_parameters={v: children.get(v, []) for v in p.values} if children else None,
-    )
-
-
-def build_client(space: SpaceConfig) -> Client:
-    """An Ax client configured from a space: parameters (with conditions and linear
-    constraints), objective and outcome constraints, and a seeded generation strategy."""
-    with quiet_ax():
-        client = Client(random_seed=space.seed)
-        params = [
-            _ax_parameter(p, name, space)
-            for p in space.parameters.searched
-            for name, _ in _branches(p)
-        ]
-        client.configure_experiment(
-            parameters=params,
-            parameter_constraints=list(space.parameters.constraints) or None,
-            name=space.name,
-            description=space.description or None,
-        )
-        sign = "-" if space.objective.minimize else ""
-        client.configure_optimization(
-            objective=sign + ax_metric_name(space.objective.metric),
-            outcome_constraints=[
-                f"{ax_metric_name(c.metric)} {c.op} {c.bound!r}"
-                for c in space.objective.constraints
-            ]
-            or None,
-        )
-        if space.budget.algorithm == "botorch":
-            client.set_generation_strategy(generation_strategy(space))
-        else:
-            client.configure_generation_strategy(
-                method="random_search",
-                initialization_random_seed=space.seed,
-            )
-    return client
-
-
-#: BoTorch's acquisition optimizer: random starting points scored, best ones refined.
-ACQF_OPTIMIZER = {"num_restarts": 20, "raw_samples": 1024}
-
-
-def generation_strategy(space: SpaceConfig) -> GenerationStrategy:
-    """The generation strategy of ``budget.algorithm: botorch``, built explicitly so that
-    an Ax upgrade cannot change it silently (``Client.configure_generation_strategy``'s
-    dispatch "is subject to change"):
-
-    1. ``CenterOfSearchSpace``: the centre of the space (log-scaled parameters: the
-       geometric centre), a sensible first training run;
-    2. ``Sobol``: scrambled Sobol points seeded with ``space.seed`` until
-       ``budget.initialization_trials()`` trials (the centre included) exist; while
-       BoTorch waits for at least half of them to finish, free slots get more Sobol
-       points rather than idling;
-    3. ``MBM``: BoTorch on a single-task GP with a Matern-5/2 kernel and BoTorch's
-       dimension-scaled log-normal lengthscale prior (Hvarfner et al. 2024; noise
-       inferred, outcomes standardized), proposing with qLogNEI (Ament et al. 2023),
-       optimized from ``ACQF_OPTIMIZER`` starts; several free slots get one batch
-       proposal that accounts for the pending trials.
-
-    The Matern-5/2 kernel instead of Ax's default RBF kernel: on Hartmann6 (see
-    ``benchmarks/search_quality.py``) it left fewer seeds stuck in a local minimum, at
-    the same proposal cost. The strategy is part of the Ax state (``ax_state.json``)
-    and is restored with it on resume.
-    """
-    gs = choose_generation_strategy(
-        GenerationStrategyDispatchStruct(
-            method="custom",
-            initialization_budget=space.budget.initialization_trials(),
-            initialization_random_seed=space.seed,
-            initialize_with_center=True,
-            allow_exceeding_initialization_budget=True,  # keep free slots busy while BoTorch waits for data
-        ),
-        model_config=ModelConfig(
-            covar_module_class=DefaultMaternKernel,
-            covar_module_options={"nu": 2.5},
-            name="Matern52",
-        ),
-        botorch_acqf_class=qLogNoisyExpectedImprovement,
-    )
-    for spec in gs.nodes_by_name["MBM"].generator_specs:
-        spec.generator_gen_kwargs = {
-            "model_gen_options": {"optimizer_kwargs": dict(ACQF_OPTIMIZER)}
-        }
-    return gs
-
-
-def ax_trial_statuses(client: Client) -> dict[int, str]:
-    """Trial index -> Ax status name (``COMPLETED``, ``RUNNING``, ``FAILED``, ...)."""
-    with quiet_ax():
-        df = client.summarize()
-    if df is None or df.empty or "trial_status" not in df:
-        return {}
-    return {int(i): str(s).upper() for i, s in zip(df["trial_index"], df["trial_status"])}
-
-
-# ------------------------------------------------------------------------------------------
-# Proposers other than Ax's generation strategy (for comparisons); their trials are
-# attached to the Ax experiment so that the records are the same.
-# ------------------------------------------------------------------------------------------
-class RandomProposer:
-    """Uniform random search over the space (log-uniform on log scales), honouring
-    conditions and, by rejection, linear constraints."""
-
-    def __init__(self, space: SpaceConfig, seed: int):
-        self.space = space
-        self.rng = np.random.default_rng(seed)
-
-    def propose(self) -> tuple[dict[str, Any], Any]:
-        for _ in range(10_000):
-            params = self._draw()
-            if _satisfies(params, self.space.parameters.constraints):
-                return params, None
-        raise RuntimeError("no random point satisfies the parameter constraints after 10000 draws")
-
-    def _draw(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for p in self.space.parameters.searched:
-            if p.when is not None and out.get(p.when.parent, object()) not in p.when.values:
-                continue
-            if isinstance(p, RangeParameter):
-                lo, hi = p.bounds
-                if p.scale == "log":
-                    x = float(np.exp(self.rng.uniform(np.log(lo), np.log(hi))))
-                else:
-                    x = float(self.rng.uniform(lo, hi))
-                if p.step is not None:
-                    x = lo + round((x - lo) / p.step) * p.step
-                out[p.name] = round(x) if p.value_type == "int" else x
-            else:
-                out[p.name] = plain(p.values[int(self.rng.integers(len(p.values)))])
-        return out
-
-    def observe(self, token: Any, value: float | None) -> None:
-        return None
-
-
-class TPEProposer:
-    """Optuna's TPE sampler (ask/tell), define-by-run so conditions are natural."""
-
-    def __init__(self, space: SpaceConfig, seed: int):
-        import optuna  # an optional dependency (the dev extra): only TPE needs it
-
-        self.optuna = optuna
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.space = space
-        self.study = optuna.create_study(
-            direction="minimize" if space.objective.minimize else "maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed),
-        )
-
-    def propose(self) -> tuple[dict[str, Any], Any]:
-        for _ in range(1000):
-            trial = self.study.ask()
-            params: dict[str, Any] = {}
-            for p in self.space.parameters.searched:
-                if p.when is not None and params.get(p.when.parent, object()) not in p.when.values:
-                    continue
-                if isinstance(p, RangeParameter):
-                    lo, hi = p.bounds
-                    log_scale = p.scale == "log"
-                    if p.value_type == "int":
-                        params[p.name] = trial.suggest_int(
-                            p.name, int(lo), int(hi), log=log_scale, step=int(p.step or 1)
-                        )
-                    else:
-                        params[p.name] = trial.suggest_float(
-                            p.name, lo, hi, log=log_scale, step=p.step
-                        )
-                else:
-                    params[p.name] = trial.suggest_categorical(p.name, list(p.values))
-            if _satisfies(params, self.space.parameters.constraints):
-                return params, trial
-            self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
-        raise RuntimeError("TPE found no point that satisfies the parameter constraints")
-
-    def observe(self, token: Any, value: float | None) -> None:
-        if token is None:
-            return
-        if value is None or not math.isfinite(value):
-            self.study.tell(token, state=self.optuna.trial.TrialState.FAIL)
-        else:
-            self.study.tell(token, value)
-
-
-def _satisfies(params: Mapping[str, Any], constraints: Sequence[str]) -> bool:
-    """Check linear constraints such as ``x1 + 2*x2 <= 1`` (parsed by Ax) on a point."""
-    if not constraints:
-        return True
-    for text in constraints:
-        c = ParameterConstraint(inequality=text)
-        total = sum(w * float(params.get(name, 0.0)) for name, w in c.constraint_dict.items())
-        if total > c.bound + 1e-9:
-            return False
-    return True
-
-
-def make_proposer(space: SpaceConfig) -> RandomProposer | TPEProposer | None:
-    """``None`` means Ax's own generation strategy (``botorch`` or ``sobol``)."""
-    if space.budget.algorithm == "random":
-        return RandomProposer(space, space.seed)
-    if space.budget.algorithm == "tpe":
-        return TPEProposer(space, space.seed)
-    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -480,82 +209,83 @@ class AxSearcher(Searcher):
         result = dict(result or {})
         trainable_s = result.pop("search/trainable_s", None)
         timing = {"trainable_s": round(float(trainable_s), 4)} if finite(trainable_s) else {}
-        objective = self._space.objective
-        value = result.get(objective.metric)
         if self._folder is not None:
             self._note_retry(index, result)
         outcome = result.get(OUTCOME_KEY) if result.get(FINAL_KEY) else None
-        reason = str(result.get(REASON_KEY) or "")
-        stop_reason = None
         with quiet_ax():
             if error:
-                self._client.mark_trial_failed(index, failed_reason="the trial raised an exception")
-                status, metrics = "failed", None
-                value = None
+                ending = self._failed(index, "the trial raised an exception", None)
             elif outcome == "early_stopped":
-                # the trial stopped itself (its loss diverged): the last good epoch's
-                # score is a truncated one, never final; no score at all -> failed
-                self._attach(index, result)
-                if index in self._attached:
-                    self._client.mark_trial_early_stopped(index)
-                    status, metrics, value = "early_stopped", _scalars(result), None
-                    stop_reason = reason or "the trial stopped itself"
-                else:
-                    self._client.mark_trial_failed(index, failed_reason=reason)
-                    status, metrics, value = "failed", _scalars(result), None
-                    if self._folder is not None:
-                        self._folder.trial_note(index, error=reason)
+                ending = self._stopped_itself(index, result)
             elif outcome == "failed":
-                self._client.mark_trial_failed(index, failed_reason=reason)
-                status, metrics, value = "failed", _scalars(result), None
-                if self._folder is not None:
-                    self._folder.trial_note(index, error=reason or "the trial failed")
+                reason = str(result.get(REASON_KEY) or "") or "the trial failed"
+                ending = self._failed(index, reason, result)
             elif result.get(FINAL_KEY):
-                data = self._data(result)
-                if ax_metric_name(objective.metric) not in data:
-                    reason = f"the trial returned no finite '{objective.metric}'"
-                    if result.get(NONFINITE_KEY):
-                        reason += f" ({result[NONFINITE_KEY]})"
-                    self._client.mark_trial_failed(index, failed_reason=reason)
-                    status, metrics, value = "failed", _scalars(result), None
-                    if self._folder is not None:
-                        self._folder.trial_note(index, error=reason)
-                else:
-                    step = self._step(result, final=True)
-                    self._client.complete_trial(index, raw_data=data, progression=step)
-                    status, metrics = "completed", _scalars(result)
+                ending = self._completed(index, result)
             elif trial_id not in self._stopped:  # the driver is stopping: run it again on resume
                 if self._folder is not None:
                     self._folder.trial_finished(index, "interrupted", metrics=None, **timing)
                 self._changed()
                 return
-            else:  # stopped by the scheduler: truncated, never a final score
-                self._attach(index, result)
-                step = self._step(result)
-                if (
-                    self._folder is not None
-                    and step is not None
-                    and step > int(self._folder.trials.get(index, {}).get("epochs") or 0)
-                ):
-                    self._folder.trial_result(
-                        index, _scalars(result)
-                    )  # the report that decided the stop
-                if index in self._attached:
-                    self._client.mark_trial_early_stopped(index)
-                else:
-                    self._client.mark_trial_abandoned(index)
-                status, metrics, value = "early_stopped", _scalars(result), None
-                stop_reason = self._stopped.get(trial_id) or (
-                    f"stopped by the {self._space.budget.scheduler} scheduler"
-                    + (f" after epoch {step}" if step is not None else "")
-                )
+            else:
+                ending = self._stopped_by_scheduler(index, trial_id, result)
+        status, metrics, stop_reason = ending
         if self._proposer is not None:
+            value = result.get(self._space.objective.metric) if status == "completed" else None
             self._proposer.observe(self._tokens.pop(index, None), value if finite(value) else None)
         if self._folder is not None:
             if stop_reason:
                 timing["stop_reason"] = stop_reason
             self._folder.trial_finished(index, status, metrics=metrics, **timing)
         self._changed()
+
+    def _failed(self, index: int, reason: str, result: Mapping[str, Any] | None) -> Ending:
+        self._client.mark_trial_failed(index, failed_reason=reason)
+        if self._folder is not None and result is not None:
+            self._folder.trial_note(index, error=reason)
+        return "failed", None if result is None else _scalars(result), None
+
+    def _stopped_itself(self, index: int, result: Mapping[str, Any]) -> Ending:
+        """The trial stopped itself (its loss diverged): the last good epoch's score is a
+        truncated one, never final; with no score at all it failed."""
+        reason = str(result.get(REASON_KEY) or "")
+        self._attach(index, result)
+        if index not in self._attached:
+            return self._failed(index, reason, result)
+        self._client.mark_trial_early_stopped(index)
+        return "early_stopped", _scalars(result), reason or "the trial stopped itself"
+
+    def _completed(self, index: int, result: Mapping[str, Any]) -> Ending:
+        metric = self._space.objective.metric
+        data = self._data(result)
+        if ax_metric_name(metric) not in data:
+            reason = f"the trial returned no finite '{metric}'"
+            if result.get(NONFINITE_KEY):
+                reason += f" ({result[NONFINITE_KEY]})"
+            return self._failed(index, reason, result)
+        self._client.complete_trial(
+            index, raw_data=data, progression=self._step(result, final=True)
+        )
+        return "completed", _scalars(result), None
+
+    def _stopped_by_scheduler(self, index: int, trial_id: str, result: Mapping[str, Any]) -> Ending:
+        """Truncated by the scheduler: never a final score."""
+        self._attach(index, result)
+        step = self._step(result)
+        recorded = int(
+            (self._folder.trials.get(index, {}) if self._folder else {}).get("epochs") or 0
+        )
+        if self._folder is not None and step is not None and step > recorded:
+            self._folder.trial_result(index, _scalars(result))  # the report that decided the stop
+        if index in self._attached:
+            self._client.mark_trial_early_stopped(index)
+        else:
+            self._client.mark_trial_abandoned(index)
+        reason = self._stopped.get(trial_id) or (
+            f"stopped by the {self._space.budget.scheduler} scheduler"
+            + (f" after epoch {step}" if step is not None else "")
+        )
+        return "early_stopped", _scalars(result), reason
 
     def save(self, checkpoint_path: str) -> None:
         """Ray's own searcher checkpoint is not used: the Ax state in the experiment
@@ -718,3 +448,17 @@ def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
         if finite(v) or isinstance(v, str):
             out[k] = plain(v)
     return out
+
+
+__all__ = [
+    "AxSearcher",
+    "RandomProposer",
+    "TPEProposer",
+    "ax_metric_name",
+    "ax_trial_statuses",
+    "build_client",
+    "generation_strategy",
+    "make_proposer",
+    "observation",
+    "quiet_ax",
+]

@@ -30,8 +30,8 @@ import numpy as np
 from ax.early_stopping.strategies import PercentileEarlyStoppingStrategy
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from search.axclient import ax_metric_name
 from search.keys import FINAL_KEY, SEM_SUFFIX
-from search.searcher import ax_metric_name
 from search.space import SpaceConfig
 from search.values import finite
 

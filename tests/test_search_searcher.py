@@ -8,8 +8,8 @@ import pytest
 import yaml
 from ray.tune.search import Searcher
 
-from search.experiment import ExperimentError, ExperimentFolder, ExperimentLocked
 from search.cluster import fit_concurrency
+from search.experiment import ExperimentError, ExperimentFolder, ExperimentLocked
 from search.keys import FINAL_KEY, INDEX_KEY
 from search.runner import reconcile
 from search.searcher import (
@@ -262,7 +262,7 @@ def test_botorch_generation_strategy_is_pinned_and_survives_resume(tmp_path):
     from ax.generators.torch.botorch_modular.kernels import DefaultMaternKernel
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 
-    from search.searcher import ACQF_OPTIMIZER
+    from search.axclient import ACQF_OPTIMIZER
 
     space = _space(trials=8, concurrency=1, initial_trials=4)
     client = build_client(space)
@@ -357,7 +357,7 @@ def test_asha_without_a_standard_error_is_plain_asha():
 def test_a_parameter_several_parent_values_activate_is_one_name_outside_ax():
     """Ax's hierarchical spaces are trees: ``ssl_epochs`` active for simclr and byol is two
     Ax parameters, and one name in every proposal, record and trial config."""
-    from search.searcher import from_ax, to_ax
+    from search.axclient import from_ax, to_ax
 
     space = SpaceConfig.from_dict(
         {
@@ -395,3 +395,12 @@ def test_the_baseline_is_the_first_trial():
     first = s.suggest("a")
     assert {k: first[k] for k in ("lr", "lambda_u", "loss", "focal_gamma")} == dict(space.baseline)
     assert first[INDEX_KEY] == 0 and s.suggest("b")[INDEX_KEY] == 1
+
+
+def test_the_report_names_ax_encodings_as_the_user_wrote_them():
+    from search.report import shown_name
+
+    space = _space()
+    assert shown_name("loss_OH_PARAM_1", space) == "loss = focal"
+    assert shown_name("lr", space) == "lr"
+    assert shown_name("unknown_OH_PARAM_0", space) == "unknown_OH_PARAM_0"

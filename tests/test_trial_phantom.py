@@ -52,7 +52,7 @@ def test_each_phantom_parameter_set_has_its_own_folder():
 
 
 def test_ensure_phantom_passes_the_fractions_and_reuses_the_folder(tmp_path, monkeypatch):
-    import pipeline.synth
+    import pipeline.trial.data
 
     calls = []
 
@@ -61,7 +61,7 @@ def test_ensure_phantom_passes_the_fractions_and_reuses_the_folder(tmp_path, mon
         out.mkdir(parents=True)
         (out / "synth.json").write_text(json.dumps({"n": n}))
 
-    monkeypatch.setattr(pipeline.synth, "generate", fake_generate)
+    monkeypatch.setattr(pipeline.trial.data, "generate", fake_generate)
     first = ensure_phantom(20, 3, 128, tmp_path, labeled_fraction=0.15, fracture_rate=0.5)
     again = ensure_phantom(20, 3, 128, tmp_path, labeled_fraction=0.15, fracture_rate=0.5)
     other = ensure_phantom(20, 3, 128, tmp_path)

@@ -197,7 +197,7 @@ def write_report(out: Path, summary: Mapping[str, Any], info: Mapping[str, Any])
     ext = summary.get("external")
     ext_rows = _metric_rows(ext["metrics"], ext["ci95"], "external") if ext else []
     ext_head = (
-        f"External data ({ext['data_dir']}): {ext['crops']} crops of {ext['patients']} patients, "
+        f"External data: {ext['crops']} crops of {ext['patients']} patients, "
         f"{ext['fractures']} fractured; the kept model scored once at its threshold."
         if ext
         else ""

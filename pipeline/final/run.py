@@ -27,6 +27,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,18 @@ class Candidate:
     source: str  # where the model comes from, for the report
 
 
+@dataclass
+class Outcome:
+    """What the protocol decided: the candidates, which is kept, both test evaluations."""
+
+    fit: Any  # FitResult of the final model
+    candidates: list[Candidate]
+    decision: dict[str, Any]
+    kept: Candidate
+    tests: dict[str, Any]  # candidate name -> Evaluation on the test split
+    external: tuple[Any, Any] | None  # (dataset, Evaluation of the kept model)
+
+
 def run_final(
     config: Mapping[str, Any],
     out_dir: str | Path,
@@ -101,108 +114,120 @@ def run_final(
     cfg = TrialConfig.from_dict(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # a fixed schedule: the last epoch's weights, no early stop on validation
-    train_cfg = cfg.train.replace(early_stop_patience=None, select="last")
     with using_threads(cfg.train.threads):
-        loaded = load_data(cfg)
-        prepared = split_data(loaded, cfg)
+        prepared = split_data(load_data(cfg), cfg)
         if len(prepared.test) == 0:
             raise TrialError("the held-out test set is empty: set test_fraction > 0")
-        result = fit(
-            train_cfg,
-            prepared.train_data(),
-            report=report,
-            checkpoint_dir=out / "checkpoint",
-            cache_root=cache_root(cfg.data),
+        outcome = _train_choose_test(cfg, prepared, out, report, reference, external)
+        kept = outcome.kept
+        info = model_info(
+            kept.model,
+            in_chans=int(prepared.train.channels),
+            drop_rate=cfg.train.drop_rate,
+            threshold=kept.threshold,
+            threshold_source=f"validation, for this model ({kept.source})",
+            preprocess=cfg.preprocess,
+            views=cfg.data.views,
+            missing_view=cfg.data.missing_view,
         )
-        candidates = [_candidate("final", result.model, prepared, "trained by this run", cfg)]
-        trial_model, why_not = _reference_model(reference, result.model)
-        if trial_model is not None:
-            candidates.append(
-                _candidate("trial", trial_model, prepared, "the best trial's checkpoint", cfg)
-            )
-        decision = choose(candidates, prepared, why_not=why_not)
-        kept = next(c for c in candidates if c.name == decision["kept"])
-        tests = {
-            c.name: evaluate(c.model, prepared.test, threshold=c.threshold) for c in candidates
-        }
-        ext = None
-        if external is not None:
-            data_dir, labels = external
-            ext_set = labeled_set(
-                cfg,
-                Path(data_dir),
-                Path(labels) if labels else None,
-                workers=cfg.train.threads or 1,
-            )
-            ext = (ext_set, evaluate(kept.model, ext_set, threshold=kept.threshold))
-
-    task = kept.model.task
-    test = tests[kept.name]
-    groups = dataset_groups(prepared.test)
-    ci = _ci(kept, test, groups, bootstrap)
-    info = model_info(
-        kept.model,
-        in_chans=int(prepared.train.channels),
-        drop_rate=cfg.train.drop_rate,
-        threshold=kept.threshold,
-        threshold_source=f"validation, for this model ({kept.source})",
-        preprocess=cfg.preprocess,
-        views=cfg.data.views,
-        missing_view=cfg.data.missing_view,
-    )
-    paths = save_model(kept.model, out, info, example=prepared.test[0]["image"][None])
-    atomic_write_text(out / "config.yaml", _yaml(cfg.to_dict()))
-    write_predictions(out / "predictions.csv", prepared.test.items, test, task.classes)
-    plots = write_plots(out, test, task)
-    with using_threads(cfg.train.threads):
+        test = outcome.tests[kept.name]
+        paths = save_model(kept.model, out, info, example=prepared.test[0]["image"][None])
+        atomic_write_text(out / "config.yaml", _yaml(cfg.to_dict()))
+        write_predictions(
+            out / "predictions.csv", prepared.test.items, test, kept.model.task.classes
+        )
+        plots = write_plots(out, test, kept.model.task)
         gallery = _gallery(kept.model, prepared, out, threshold=kept.threshold)
     shown = [p for p in (out / "gallery.png", out / "gallery.html") if p.exists()]
+    summary = _summary(outcome, prepared, info, bootstrap)
+    summary["files"] = sorted(p.name for p in [*paths, *plots, *shown])
+    atomic_write_json(out / "metrics.json", summary)
+    write_report(out, {**summary, "gallery_html": gallery}, info)
+    return summary
+
+
+def _train_choose_test(
+    cfg: TrialConfig,
+    prepared: Any,
+    out: Path,
+    report: Report | None,
+    reference: str | Path | None,
+    external: tuple[str | Path, str | Path | None] | None,
+) -> Outcome:
+    """Steps 1-5 of the protocol (module docstring)."""
+    # a fixed schedule: the last epoch's weights, no early stop on validation
+    train_cfg = cfg.train.replace(early_stop_patience=None, select="last")
+    result = fit(
+        train_cfg,
+        prepared.train_data(),
+        report=report,
+        checkpoint_dir=out / "checkpoint",
+        cache_root=cache_root(cfg.data),
+    )
+    candidates = [_candidate("final", result.model, prepared, "trained by this run", cfg)]
+    trial_model, why_not = _reference_model(reference, result.model)
+    if trial_model is not None:
+        candidates.append(
+            _candidate("trial", trial_model, prepared, "the best trial's checkpoint", cfg)
+        )
+    decision = choose(candidates, prepared, why_not=why_not)
+    kept = next(c for c in candidates if c.name == decision["kept"])
+    tests = {c.name: evaluate(c.model, prepared.test, threshold=c.threshold) for c in candidates}
+    ext = None
+    if external is not None:
+        data_dir, labels = external
+        ext_set = labeled_set(
+            cfg, Path(data_dir), Path(labels) if labels else None, workers=os.cpu_count() or 1
+        )
+        ext = (ext_set, evaluate(kept.model, ext_set, threshold=kept.threshold))
+    return Outcome(result, candidates, decision, kept, tests, ext)
+
+
+def _summary(outcome: Outcome, prepared: Any, info: Mapping[str, Any], bootstrap: int) -> dict:
+    """``metrics.json``: the kept model's test metrics and intervals, the decision, both
+    candidates on validation and test, the external set's metrics."""
+    kept, test = outcome.kept, outcome.tests[outcome.kept.name]
+    groups = dataset_groups(prepared.test)
     summary: dict[str, Any] = {
         "metrics": {f"test/{k}": v for k, v in test.metrics.items()},
-        "ci95": {f"test/{k}": v for k, v in ci.items()},
+        "ci95": {f"test/{k}": v for k, v in _ci(kept, test, groups, bootstrap).items()},
         "kept": kept.name,
-        "decision": decision,
+        "decision": outcome.decision,
         "candidates": {
             c.name: {
                 "source": c.source,
                 "threshold": c.threshold,
                 "val": {f"val/{k}": v for k, v in c.val.metrics.items()},
-                "test": {f"test/{k}": v for k, v in tests[c.name].metrics.items()},
+                "test": {f"test/{k}": v for k, v in outcome.tests[c.name].metrics.items()},
             }
-            for c in candidates
+            for c in outcome.candidates
         },
         "threshold": kept.threshold,
         "threshold_source": info["threshold_source"],
         "type_decision": info["type_decision"],
         "type_prior": info["type_prior"],
         "train": {
-            "epochs": train_cfg.epochs,
-            "select": train_cfg.select,
-            "stop_reason": result.stop_reason,
+            "epochs": outcome.fit.config["epochs"],
+            "select": outcome.fit.config["select"],
+            "stop_reason": outcome.fit.stop_reason,
             "train_crops": len(prepared.train),
             "val_crops": len(prepared.val),
             "unlabeled_crops": len(prepared.unlabeled),
         },
         "test": {"crops": len(prepared.test), "patients": len(set(groups or []))},
         "data": prepared.summary,
-        "files": sorted(p.name for p in [*paths, *plots, *shown]),
     }
-    if ext is not None:
-        ext_set, ext_ev = ext
+    if outcome.external is not None:
+        ext_set, ext_ev = outcome.external
         ext_groups = dataset_groups(ext_set)
+        ci = _ci(kept, ext_ev, ext_groups, bootstrap)
         summary["external"] = {
-            "data_dir": Path(external[0]).name,
             "crops": len(ext_set),
             "patients": len(set(ext_groups or [])),
             "fractures": int((ext_ev.targets > 0).sum()),
             "metrics": {f"external/{k}": v for k, v in ext_ev.metrics.items()},
-            "ci95": {
-                f"external/{k}": v for k, v in _ci(kept, ext_ev, ext_groups, bootstrap).items()
-            },
+            "ci95": {f"external/{k}": v for k, v in ci.items()},
         }
-    atomic_write_json(out / "metrics.json", summary)
-    write_report(out, {**summary, "gallery_html": gallery}, info)
     return summary
 
 
