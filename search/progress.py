@@ -28,6 +28,14 @@ _STYLE = {
 }
 
 
+def _with_sem(row: dict[str, Any], metric: str) -> str:
+    """``0.912 ± 0.025``: a score with its standard error, when the trial reports one."""
+    value, sem = row.get(metric), row.get(f"{metric}_sem")
+    if isinstance(sem, float) and math.isfinite(sem) and isinstance(value, float):
+        return f"{value:.3f} ± {sem:.3f}"
+    return _fmt(value)
+
+
 def _fmt(value: Any) -> str:
     if value is None or value == "":
         return ""
@@ -99,7 +107,7 @@ class Progress:
                 if row.get("stop_reason"):
                     extra += f" ({row['stop_reason']})"
                 self.console.print(
-                    f"trial {row['trial']:>3} {row['status']:<13} {metric}={_fmt(row.get(metric))} "
+                    f"trial {row['trial']:>3} {row['status']:<13} {metric}={_with_sem(row, metric)} "
                     f"epochs={row.get('epochs')} {_fmt(row.get('duration_s'))}s{extra}",
                     highlight=False,
                 )
@@ -128,7 +136,7 @@ class Progress:
             table.add_column(col, overflow="ellipsis", max_width=22)
         for r in rows[-self.max_rows :]:
             style = _STYLE.get(r["status"], "")
-            cells = [str(r["trial"]), r["status"], _fmt(r.get("epochs")), _fmt(r.get(metric))]
+            cells = [str(r["trial"]), r["status"], _fmt(r.get("epochs")), _with_sem(r, metric)]
             cells += [_fmt(r.get(p)) for p in params]
             cells += [_fmt(r.get("node")), _fmt(r.get("duration_s"))]
             table.add_row(*cells, style=style)
