@@ -38,10 +38,8 @@ from pathlib import Path
 
 
 def generate_phantom(out: Path, n: int, seed: int, size: int, workers: int) -> None:
-    try:
-        from pipeline.synth import generate
-    except ImportError:  # the package may not re-export it
-        from pipeline.synth.dataset import generate
+    from pipeline.synth import generate
+
     generate(out, n=n, seed=seed, size=size, workers=workers)
 
 

@@ -49,6 +49,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
 from pipeline.dicom import GreyLevelChain, decode_pixels, decoder_order, read_radiograph
+from pipeline.synth import generate
 
 SYNTAXES = ("uncompressed", "rle", "jpeg2000", "jpeg_lossless")
 
@@ -62,78 +63,12 @@ def write_files(
     root: Path, n: int, rows: int, cols: int, seed: int
 ) -> tuple[dict[str, list[Path]], str]:
     """``n`` files per syntax; returns them and a note on how they were written."""
-    try:
-        from pipeline.synth import generate
-    except ImportError as e:
-        return _fallback_files(
-            root, n, rows, cols, seed
-        ), f"own writer (pipeline.synth unavailable: {e})"
     files: dict[str, list[Path]] = {}
     for name in SYNTAXES:
         out = root / name
         generate(out, n, seed, size=(rows, cols), transfer_syntaxes=(name,), bits_stored=(12,))
         files[name] = sorted((out / "dicom").glob("*.dcm"))
     return files, "pipeline.synth.generate (same seed for every syntax: same images and headers)"
-
-
-def _fallback_files(root: Path, n: int, rows: int, cols: int, seed: int) -> dict[str, list[Path]]:
-    """Smooth 12-bit images with noise: pydicom's compress (RLE, JPEG 2000), GDCM (JPEG-lossless)."""
-    import gdcm  # python-gdcm
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    files: dict[str, list[Path]] = {name: [] for name in SYNTAXES}
-    for i in range(n):
-        image = (
-            1500
-            + 900 * np.sin(xx / (150 + 20 * i)) * np.cos(yy / 230)
-            + rng.normal(0, 30, (rows, cols))
-        )
-        pixels = np.clip(image, 0, 4095).astype(np.uint16)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = f"2.25.{i + 1}"
-        ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "DX", "MONOCHROME2", 1
-        ds.Rows, ds.Columns = rows, cols
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.WindowCenter, ds.WindowWidth = 1500, 2400
-        ds.PixelData = pixels.tobytes()
-        for name in SYNTAXES:
-            (root / name).mkdir(parents=True, exist_ok=True)
-            path = root / name / f"{i:06d}.dcm"
-            copy = pydicom.dcmread(_save(ds, root / "native.dcm"))
-            if name == "rle":
-                copy.compress(RLELossless, encoding_plugin="pylibjpeg")
-            elif name == "jpeg2000":
-                copy.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
-            if name == "jpeg_lossless":
-                reader = gdcm.ImageReader()
-                reader.SetFileName(str(root / "native.dcm"))
-                reader.Read()
-                change = gdcm.ImageChangeTransferSyntax()
-                change.SetTransferSyntax(
-                    gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1)
-                )
-                change.SetInput(reader.GetImage())
-                change.Change()
-                writer = gdcm.ImageWriter()
-                writer.SetFileName(str(path))
-                writer.SetFile(reader.GetFile())
-                writer.SetImage(change.GetOutput())
-                writer.Write()
-            else:
-                _save(copy, path)
-            files[name].append(path)
-    return files
-
-
-def _save(ds, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,8 +289,6 @@ def main(argv: list[str] | None = None) -> int:
             _chain_row(label, ds, np.asarray(raw), reps)
 
         if args.synth_n:
-            from pipeline.synth import generate
-
             start = time.perf_counter()
             generate(Path(tmp) / "synth", args.synth_n, args.seed, size=512)
             seconds = time.perf_counter() - start

@@ -253,7 +253,7 @@ def _parse_parameter(
     if kind is None:
         implied = {"bounds": "range", "values": "choice", "value": "fixed"}
         kind = next((k for key, k in implied.items() if key in spec), None)
-    if kind not in PARSERS:
+    if not isinstance(kind, str) or kind not in PARSERS:
         problems.add(
             join(where, "type"), unknown_name_message("parameter type", kind, list(PARSERS))
         )

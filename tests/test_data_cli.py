@@ -86,16 +86,6 @@ def test_split_unreadable_labels_exit_2(folder, capsys):
     assert "no 'file' column" in capsys.readouterr().err
 
 
-def _phantom_available() -> bool:
-    try:
-        from pipeline.dicom import read_meta  # noqa: F401
-        from pipeline.synth import generate  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _phantom_available(), reason="needs pipeline.synth and pipeline.dicom")
 def test_split_on_the_phantom(phantom_dir, tmp_path, capsys):
     out = tmp_path / "splits.csv"
     assert pipeline_main(["split", "--data", str(phantom_dir), "--out", str(out)]) == 0

@@ -26,6 +26,8 @@ from pipeline.data import (
     split_units,
 )
 from pipeline.data.items import relative_file
+from pipeline.dicom import read_meta
+from pipeline.preprocess import PreprocessConfig, build_cache
 from pipeline.registry import UnknownNameError
 
 SIZE = 16
@@ -378,21 +380,9 @@ def test_splits_select_feeds_the_dataset(b):
     assert set(train.labels.tolist()) <= {0, 1}
 
 
-def _phantom_available() -> bool:
-    try:
-        from pipeline.dicom import read_meta  # noqa: F401
-        from pipeline.synth import generate  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _phantom_available(), reason="needs pipeline.synth and pipeline.dicom")
 def test_partners_and_labels_match_the_phantom_truth(phantom_dir):
     """Pairing from de-identified headers finds the phantom's true partner views, and
     every joined label equals the true label of that knee (perfect crops assumed)."""
-    from pipeline.dicom import read_meta
-
     truth = [
         json.loads(line) for line in (phantom_dir / "truth.jsonl").read_text().splitlines() if line
     ]
@@ -422,19 +412,8 @@ def test_partners_and_labels_match_the_phantom_truth(phantom_dir):
     assert paired > 0 and labeled > 0
 
 
-def _preprocess_available() -> bool:
-    try:
-        from pipeline.preprocess import PreprocessConfig, build_cache  # noqa: F401
-    except ImportError:
-        return False
-    return _phantom_available()
-
-
-@pytest.mark.skipif(not _preprocess_available(), reason="needs pipeline.preprocess and the phantom")
 def test_real_cache_of_phantom_pairs_gives_two_view_batches(phantom_dir, tmp_path):
     """The real cache contract end to end: AP/LAT pairs of the phantom, no localizer."""
-    from pipeline.preprocess import PreprocessConfig, build_cache
-
     truth = [
         json.loads(line) for line in (phantom_dir / "truth.jsonl").read_text().splitlines() if line
     ]

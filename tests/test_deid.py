@@ -21,7 +21,14 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pipeline.__main__ import main as pipeline_main
-from pipeline.deid import BASIC_PROFILE, deidentify, pseudonym, replacement_uid, resolve_salt
+from pipeline.deid import (
+    BASIC_PROFILE,
+    clean_text,
+    deidentify,
+    pseudonym,
+    replacement_uid,
+    resolve_salt,
+)
 from pipeline.dicom import read_meta, read_radiograph
 from pipeline.registry import UnknownNameError
 
@@ -344,10 +351,6 @@ def test_deid_command_writes_copies_and_never_touches_originals(tmp_path, capsys
 
 
 def test_clean_text_masks_name_parts_and_identifiers_in_one_pass():
-    from pydicom.dataset import Dataset
-
-    from pipeline.deid import clean_text
-
     ds = Dataset()
     ds.PatientName = "Garcia^Maria Jose"
     ds.PatientID = "PX-12345"

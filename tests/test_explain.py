@@ -11,6 +11,9 @@ import pytest
 import torch
 from explain_models import tiny_model
 
+from pipeline.__main__ import main
+from pipeline.data import CachedRadiographs
+from pipeline.explain import explain_dataset, model_data
 from pipeline.explain.cams import (
     MIN_CAM_CELLS,
     ExplainError,
@@ -26,8 +29,11 @@ from pipeline.explain.score import (
     heatmap_to_source,
     load_regions,
     region_mask,
+    regions_of,
     score_heatmap,
 )
+from pipeline.preprocess import PreprocessConfig
+from pipeline.train import ModelSpec, build_model
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -44,8 +50,6 @@ def schatzker_dir(tmp_path_factory, phantom_dir):
 
 def random_head_model(backbone: str, task: str = "binary"):
     """An untrained classifier whose head is not all zeros (so gradients flow)."""
-    from pipeline.train import ModelSpec, build_model
-
     torch.manual_seed(0)
     model = build_model(ModelSpec(backbone=backbone, task=task, in_chans=1, pretrained="none"))
     for name, p in model.head.named_parameters():
@@ -120,8 +124,6 @@ def test_pointing_tolerance_is_a_share_of_the_crop_side():
 
 
 def test_a_crop_is_scored_against_its_own_knee():
-    from pipeline.explain.score import regions_of
-
     left = [[[1.0, 1.0], [5.0, 1.0], [5.0, 5.0]]]
     regions = {("a.dcm", "L"): left, ("a.dcm", "R"): [], ("a.dcm", None): left}
     assert regions_of(regions, "a.dcm", "L") == left
@@ -131,8 +133,6 @@ def test_a_crop_is_scored_against_its_own_knee():
 
 
 def test_exact_phantom_geometry_maps_the_true_region(phantom_dir):
-    from pipeline.preprocess import PreprocessConfig
-
     regions = load_regions(phantom_dir)
     truth = [json.loads(line) for line in (phantom_dir / "truth.jsonl").open()]
     record = next(r for r in truth if r["view"] == "AP" and r["schatzker"] > 0)
@@ -199,8 +199,6 @@ def test_lrp_gives_relevance_maps(task):
 
 @pytest.mark.parametrize("method", ["gradcam", "lrp"])
 def test_two_view_inputs_give_one_map_per_image(method):
-    from pipeline.train import ModelSpec, build_model
-
     torch.manual_seed(0)
     model = build_model(ModelSpec(backbone="test_resnet", in_chans=2, pretrained="none")).eval()
     torch.nn.init.normal_(model.head.fc.weight)
@@ -218,8 +216,6 @@ def test_lrp_refuses_attention_backbones_by_name():
 
 
 def _run(argv):
-    from pipeline.__main__ import main
-
     return main(argv)
 
 
@@ -277,9 +273,6 @@ def test_final_report_includes_the_gallery(binary_dir):
 
 
 def test_explain_dataset_scores_every_fractured_crop(binary_dir, tmp_path):
-    from pipeline.data import CachedRadiographs
-    from pipeline.explain import explain_dataset, model_data
-
     md = model_data(binary_dir, threads=1)
     p = md.prepared
     fractured = [i for s in (p.train, p.val, p.test) for i in s.items if i.label > 0]

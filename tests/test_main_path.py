@@ -122,7 +122,7 @@ def test_report_names_parameters_as_written(experiment):
 
 def test_promote_tests_both_models_draws_the_gallery_and_records_the_metrics(experiment):
     work, env, _, _ = experiment
-    phantom = next((work / "cache" / "phantom").glob("n60-*"))
+    phantom = next(p for p in (work / "cache" / "phantom").glob("n60-*") if p.is_dir())
     out = _cli("promote", "results/t", "--external", str(phantom), cwd=work, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "could not be drawn" not in out.stdout + out.stderr

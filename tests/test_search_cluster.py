@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from search.runner import run_search
-from search.worker import load_trainable
 from search.space import SpaceConfig
+from search.worker import load_trainable
 
 FAKES = Path(__file__).resolve().parent / "search_fakes.py"
 

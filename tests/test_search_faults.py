@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 from test_trial import TINY  # the tiny trial of the trial tests
 
-from search.experiment import ExperimentDiskFull, ExperimentFolder, ExperimentLocked
 from search.cluster import fit_concurrency
 from search.errors import SearchError
+from search.experiment import ExperimentDiskFull, ExperimentFolder, ExperimentLocked
 from search.runner import resume_search, run_search
-from search.worker import divergence, is_out_of_memory, load_trainable
 from search.space import SpaceConfig
+from search.worker import divergence, is_out_of_memory, load_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).resolve().parent / "search_fault_fakes.py"

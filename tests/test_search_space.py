@@ -323,9 +323,9 @@ def test_objective_folds_reach_every_trial_and_exclude_fold_parameters(tmp_path)
     )
     space = load_space(_write(tmp_path, text))
     assert space.objective.folds == 5 and space.trial_base()["folds"] == 5
-    with pytest.raises(SpaceError, match="objective.folds: expected a number of folds >= 2"):
+    with pytest.raises(SpaceError, match=r"objective\.folds: expected a number of folds >= 2"):
         load_space(_write(tmp_path, text.replace("folds: 5", "folds: 1")))
-    with pytest.raises(SpaceError, match="parameters.fold: objective.folds cross-validates"):
+    with pytest.raises(SpaceError, match=r"parameters\.fold: objective\.folds cross-validates"):
         load_space(_write(tmp_path, text + "  fold: 1\n"))
 
 

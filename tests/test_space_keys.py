@@ -72,9 +72,7 @@ def _config(space: SpaceConfig, key: str, value: Any) -> dict[str, Any]:
     return {**space.trial_base(), **active}
 
 
-def _train(
-    config: dict[str, Any], key: str, steps: int, tmp_path: Path
-) -> dict[str, torch.Tensor]:
+def _train(config: dict[str, Any], key: str, steps: int, tmp_path: Path) -> dict[str, torch.Tensor]:
     keys = set(TrainConfig.keys())
     train = {k: v for k, v in config.items() if k in keys}
     train.update(FAST, steps_per_epoch=steps, epochs=min(int(train.get("epochs", 2)), 2))
@@ -105,7 +103,7 @@ def test_every_searched_key_changes_the_trial(path, key, phantom_dir, tmp_path):
     lo, hi = _ends(space.parameters.get(key))
     a, b = _config(space, key, lo), _config(space, key, hi)
     steps = int(space.trial_base().get("steps_per_epoch") or 4)
-    if key in TrainConfig.keys():
+    if key in set(TrainConfig.keys()):
         changed = _differ(
             _train(a, key, steps, tmp_path / "a"), _train(b, key, steps, tmp_path / "b")
         )

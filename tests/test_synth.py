@@ -16,6 +16,8 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from pipeline.__main__ import main
+from pipeline.dicom import read_radiograph
 from pipeline.registry import UnknownNameError
 from pipeline.synth import LABEL_COLUMNS, TRANSFER_SYNTAXES, generate, write_dicom
 from pipeline.synth.dataset import render
@@ -371,8 +373,6 @@ def test_fracture_is_drawn_inside_its_polygons():
 
 
 def test_cli_writes_a_set(tmp_path, capsys):
-    from pipeline.__main__ import main
-
     code = main(
         [
             "synth",
@@ -395,10 +395,9 @@ def test_cli_writes_a_set(tmp_path, capsys):
 
 
 def test_reader_reads_every_synthetic_file(phantom, truth, headers):
-    dicom = pytest.importorskip("pipeline.dicom")
     for record in truth:
         ds = headers[record["file"]]
-        rad = dicom.read_radiograph(phantom / record["file"])
+        rad = read_radiograph(phantom / record["file"])
         assert rad.image.dtype == np.float32 and rad.image.shape == (ds.Rows, ds.Columns)
         assert float(rad.image.min()) >= 0.0 and float(rad.image.max()) <= 1.0
         assert rad.meta["bits_stored"] == ds.BitsStored

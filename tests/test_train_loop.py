@@ -28,7 +28,7 @@ BASE = {
     "lr": 3e-3,
     "epochs": 3,
     "mu": 2,
-    "threshold": 0.7,
+    "pseudo_label_threshold": 0.7,
     "ema_decay": 0.9,
     "rampup_epochs": 3,
     "threads": 1,
@@ -132,7 +132,7 @@ def test_fixmatch_mask_rate_moves_with_threshold(data):
     rates = {}
     for t in (0.5, 0.8, 0.95):
         rows = []
-        fit(_config(method="fixmatch", threshold=t), data, report=rows.append)
+        fit(_config(method="fixmatch", pseudo_label_threshold=t), data, report=rows.append)
         rates[t] = sum(r["train/mask_rate"] for r in rows) / len(rows)
     assert rates[0.5] == 1.0  # a binary maximum probability is always >= 0.5
     assert rates[0.5] > rates[0.8] > rates[0.95]

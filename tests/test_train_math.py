@@ -332,7 +332,13 @@ def test_distribution_alignment_state_survives_a_round_trip(name):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
     prior = torch.tensor([0.8, 0.2])
-    params = {"num_classes": 2, "prior": prior, "dist_align": True, "mu": 2, "pseudo_label_threshold": 0.5}
+    params = {
+        "num_classes": 2,
+        "prior": prior,
+        "dist_align": True,
+        "mu": 2,
+        "pseudo_label_threshold": 0.5,
+    }
     method = METHODS.get(name)(**params)
 
     def batch(seed):

@@ -182,11 +182,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         _print_labels(table, args.max_problems)
 
-    try:
-        metas, unreadable = folder_metas(data_dir, skip=[labels_path] if labels_path else [])
-    except ModuleNotFoundError as e:
-        print(f"python -m pipeline split: cannot read DICOM headers ({e})", file=sys.stderr)
-        return 2
+    metas, unreadable = folder_metas(data_dir, skip=[labels_path] if labels_path else [])
     checks = {f: is_frontal_knee(m, strict=args.strict_views) for f, m in metas.items()}
     frontal = sum(ok for ok, _ in checks.values())
     print(
@@ -195,24 +191,7 @@ def main(args: argparse.Namespace) -> int:
     _print_view_reasons(checks.values())
     for line in unreadable[: args.max_problems or None]:
         print(f"  unreadable: {line}")
-    carrying = [
-        r for r in table.rows if r.source != "unlabeled"
-    ]  # rows that carry a label (or a tie)
-    missing = [r for r in carrying if r.file not in metas]
-    if missing:
-        print(
-            f"label rows whose file has no readable header ({len(missing)}): their labels are not used"
-        )
-        for r in missing[: args.max_problems or None]:
-            print(f"  row {r.row}: {r.file}")
-    flagged = [r for r in carrying if r.file in checks and not checks[r.file][0]]
-    if flagged:
-        print(
-            f"label rows on images the view filter flags ({len(flagged)}): their labels are not used"
-        )
-        for r in flagged[: args.max_problems or None]:
-            print(f"  row {r.row}: {r.file}: {checks[r.file][1]}")
-
+    unused = _unused_label_rows(table, metas, checks, args.max_problems)
     units = split_units(table, metas, strict_views=args.strict_views)
     sites = Counter(u.site for u in units if u.site is not None)
     if len(sites) > 1 or args.leave_site_out:
@@ -237,15 +216,37 @@ def main(args: argparse.Namespace) -> int:
         [name, c["items"], c["patients"], c["labeled"], c["fracture"], *c["classes"].values()]
         for name, c in splits.counts().items()
     ]
-    print(
-        _table(
-            rows,
-            ["split", "items", "patients", "labeled", "fracture", *[f"s{k}" for k in range(7)]],
-        )
-    )
+    header = ["split", "items", "patients", "labeled", "fracture", *[f"s{k}" for k in range(7)]]
+    print(_table(rows, header))
     if args.out is not None:
         splits.to_csv(args.out)
         print(f"wrote {args.out}")
-    if args.fail_on_problems and (table.problems or missing or flagged):
+    if args.fail_on_problems and (table.problems or unused):
         return 1
     return 0
+
+
+def _unused_label_rows(
+    table: LabelTable,
+    metas: Mapping[str, Any],
+    checks: Mapping[str, tuple[bool, str]],
+    max_problems: int,
+) -> list[Any]:
+    """Print, and return, the label rows whose labels go unused: their file has no
+    readable header, or the view filter flags its image."""
+    carrying = [r for r in table.rows if r.source != "unlabeled"]  # a label (or a tie)
+    missing = [r for r in carrying if r.file not in metas]
+    if missing:
+        print(
+            f"label rows whose file has no readable header ({len(missing)}): their labels are not used"
+        )
+        for r in missing[: max_problems or None]:
+            print(f"  row {r.row}: {r.file}")
+    flagged = [r for r in carrying if r.file in checks and not checks[r.file][0]]
+    if flagged:
+        print(
+            f"label rows on images the view filter flags ({len(flagged)}): their labels are not used"
+        )
+        for r in flagged[: max_problems or None]:
+            print(f"  row {r.row}: {r.file}: {checks[r.file][1]}")
+    return missing + flagged

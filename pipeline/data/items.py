@@ -193,26 +193,7 @@ def build_items(
         by_file[relative_file(entry.file, data_dir)].append(entry)
     metas = {f: dict(ents[0].meta or {}) for f, ents in by_file.items()}
 
-    excluded: list[Excluded] = []
-    frontal: dict[str, list[Any]] = {}
-    # study key -> lateral images of that study: (file, entry, laterality)
-    laterals: dict[str, list[tuple[str, Any, str | None]]] = defaultdict(list)
-    for file in sorted(by_file):
-        meta = metas[file]
-        ok, reason = is_frontal_knee(meta, strict=strict_views)
-        if ok:
-            frontal[file] = by_file[file]
-            continue
-        excluded.append(Excluded(file=file, reason=reason))
-        if (
-            view_kind(meta)[0] == "lateral"
-            and body_part_kind(meta)[0] != "other"
-            and meta.get("study_key")
-        ):
-            entry = max(by_file[file], key=lambda e: float(getattr(e, "confidence", 0.0) or 0.0))
-            lat = _laterality(meta.get("laterality")) or _laterality(entry.laterality)
-            laterals[str(meta["study_key"])].append((file, entry, lat))
-
+    frontal, excluded, laterals = _sort_views(by_file, metas, strict_views)
     failed = {
         relative_file(e.file, data_dir): str(getattr(e, "reason", "") or e)
         for e in getattr(index, "errors", None) or ()
@@ -256,6 +237,32 @@ def build_items(
         excluded=tuple(excluded),
         problems=tuple(joiner.problems + joiner.unused()),
     )
+
+
+def _sort_views(
+    by_file: Mapping[str, list[Any]], metas: Mapping[str, dict[str, Any]], strict_views: bool
+) -> tuple[dict[str, list[Any]], list[Excluded], dict[str, list[tuple[str, Any, str | None]]]]:
+    """(frontal knee files' entries, excluded files with why, study key -> the lateral
+    knee images of that study as (file, best entry, laterality)), files in sorted order."""
+    excluded: list[Excluded] = []
+    frontal: dict[str, list[Any]] = {}
+    laterals: dict[str, list[tuple[str, Any, str | None]]] = defaultdict(list)
+    for file in sorted(by_file):
+        meta = metas[file]
+        ok, reason = is_frontal_knee(meta, strict=strict_views)
+        if ok:
+            frontal[file] = by_file[file]
+            continue
+        excluded.append(Excluded(file=file, reason=reason))
+        if (
+            view_kind(meta)[0] == "lateral"
+            and body_part_kind(meta)[0] != "other"
+            and meta.get("study_key")
+        ):
+            entry = max(by_file[file], key=lambda e: float(getattr(e, "confidence", 0.0) or 0.0))
+            lat = _laterality(meta.get("laterality")) or _laterality(entry.laterality)
+            laterals[str(meta["study_key"])].append((file, entry, lat))
+    return frontal, excluded, laterals
 
 
 def _pick_partner(

@@ -407,67 +407,11 @@ class _TableBuilder:
     def add(self, row: int, fields: list[str]) -> None:
         self.rows_read += 1
         cols = self.columns
-        if not any(f.strip() for f in fields):
-            self.problem(row, None, "empty_row", "empty row (no file, no label)")
-            return
-        if any("\n" in f or "\r" in f for f in fields):
-            lines = 1 + max(
-                len(f.rstrip("\r\n").replace("\r\n", "\n").replace("\r", "\n").split("\n")) - 1
-                for f in fields
-            )
-            self.problem(
-                row,
-                None,
-                "bad_quoting",
-                f"a quoted value spans {lines} lines from this row on (an unbalanced '\"'); "
-                f"those lines are read as one value and ignored: close the quote",
-            )
-            return
-        if _has_bad_bytes("".join(fields)):
-            shown = ",".join(_show_bad(f) for f in fields)
-            self.problem(
-                row,
-                None,
-                "encoding",
-                f"not valid UTF-8 ({shown!r} read as Latin-1); save the CSV as UTF-8 (CSV UTF-8)",
-            )
-            return
-        extra = fields[len(cols.header) :]
-        if any(f.strip() for f in extra):
-            self.problem(
-                row,
-                None,
-                "extra_fields",
-                f"{len(fields)} values but the header has {len(cols.header)} columns "
-                f"(extra: {', '.join(repr(f) for f in extra if f.strip())}); quote values that contain the delimiter",
-            )
+        if not self._well_formed(row, fields):
             return
         fields = fields + [""] * (len(cols.header) - len(fields))
-        raw_file = fields[cols.file]
-        if not raw_file.strip():
-            self.problem(row, None, "empty_file", f"no file name (values: {','.join(fields)!r})")
-            return
-        if escapes_data_dir(raw_file):
-            self.problem(
-                row,
-                raw_file,
-                "path_escape",
-                f"{raw_file.strip()!r} points outside the data folder; give the path relative to it, without '..'",
-            )
-            return
-        file = normalize_file(raw_file)
-        try:
-            exists = (self.data_dir / file).is_file()
-        except (OSError, ValueError) as e:  # a name too long, a NUL byte, ...
-            self.problem(
-                row,
-                file,
-                "unknown_file",
-                f"{file[:80]!r} cannot be a file in the data folder ({getattr(e, 'strerror', None) or e})",
-            )
-            return
-        if not exists:
-            self.problem(row, file, "unknown_file", f"{file} is not a file in the data folder")
+        file = self._file(row, fields)
+        if file is None:
             return
         laterality = None
         if cols.laterality is not None:
@@ -493,6 +437,78 @@ class _TableBuilder:
             if value is not None:
                 readers[name] = value
         self._keep(row, file, laterality, explicit, readers)
+
+    def _well_formed(self, row: int, fields: list[str]) -> bool:
+        """Whether a row is one CSV record of readable text that fits the header; else
+        False, with the problem recorded."""
+        if not any(f.strip() for f in fields):
+            self.problem(row, None, "empty_row", "empty row (no file, no label)")
+            return False
+        if any("\n" in f or "\r" in f for f in fields):
+            lines = 1 + max(
+                len(f.rstrip("\r\n").replace("\r\n", "\n").replace("\r", "\n").split("\n")) - 1
+                for f in fields
+            )
+            self.problem(
+                row,
+                None,
+                "bad_quoting",
+                f"a quoted value spans {lines} lines from this row on (an unbalanced '\"'); "
+                f"those lines are read as one value and ignored: close the quote",
+            )
+            return False
+        if _has_bad_bytes("".join(fields)):
+            shown = ",".join(_show_bad(f) for f in fields)
+            self.problem(
+                row,
+                None,
+                "encoding",
+                f"not valid UTF-8 ({shown!r} read as Latin-1); save the CSV as UTF-8 (CSV UTF-8)",
+            )
+            return False
+        header = self.columns.header
+        extra = fields[len(header) :]
+        if any(f.strip() for f in extra):
+            self.problem(
+                row,
+                None,
+                "extra_fields",
+                f"{len(fields)} values but the header has {len(header)} columns "
+                f"(extra: {', '.join(repr(f) for f in extra if f.strip())}); quote values that contain the delimiter",
+            )
+            return False
+        return True
+
+    def _file(self, row: int, fields: list[str]) -> str | None:
+        """The row's file, relative to the data folder, when it is a file there; else None,
+        with the problem recorded."""
+        raw_file = fields[self.columns.file]
+        if not raw_file.strip():
+            self.problem(row, None, "empty_file", f"no file name (values: {','.join(fields)!r})")
+            return None
+        if escapes_data_dir(raw_file):
+            self.problem(
+                row,
+                raw_file,
+                "path_escape",
+                f"{raw_file.strip()!r} points outside the data folder; give the path relative to it, without '..'",
+            )
+            return None
+        file = normalize_file(raw_file)
+        try:
+            exists = (self.data_dir / file).is_file()
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte, ...
+            self.problem(
+                row,
+                file,
+                "unknown_file",
+                f"{file[:80]!r} cannot be a file in the data folder ({getattr(e, 'strerror', None) or e})",
+            )
+            return None
+        if not exists:
+            self.problem(row, file, "unknown_file", f"{file} is not a file in the data folder")
+            return None
+        return file
 
     def _label(self, row: int, file: str, column: str, text: str) -> tuple[bool, int | None]:
         """(True, label or None when empty), or (False, None) after recording a problem."""

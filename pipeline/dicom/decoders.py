@@ -56,14 +56,6 @@ try:  # optional, as every decoding plugin is: without it pydicom's RLE plugins 
 except ImportError:
     rle_decode_frame = None
 
-__all__ = [
-    "DECODER_PREFERENCE",
-    "MAPPABLE_SYNTAXES",
-    "decode_described",
-    "decode_pixels",
-    "decoder_order",
-    "leaves_stray_bits",
-]
 
 # Fastest first, measured on a 2500x2048 12-bit radiograph (images/s): RLE pylibjpeg 60
 # vs pydicom's numpy decoder 6.3; JPEG 2000 gdcm 2.3 vs pylibjpeg 1.8; JPEG lossless

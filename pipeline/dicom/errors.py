@@ -10,20 +10,6 @@ import os
 import re
 from pathlib import Path
 
-__all__ = [
-    "CorruptDicomError",
-    "DecodeError",
-    "DicomError",
-    "MultiFrameError",
-    "NoPixelDataError",
-    "NotDicomError",
-    "NotGreyscaleError",
-    "UnreadableFileError",
-    "UnsupportedImageError",
-    "UnsupportedTransferSyntaxError",
-    "short_reason",
-]
-
 
 class DicomError(Exception):
     """A DICOM file that cannot be read as a radiograph; ``str(err)`` is one line naming the file."""

@@ -35,8 +35,6 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-__all__ = ["GreyLevelChain", "LookupTable", "Window"]
-
 
 @dataclass(frozen=True, kw_only=True)
 class LookupTable:

@@ -21,12 +21,8 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
 )
 
 from pipeline.dicom.errors import (
@@ -40,19 +36,6 @@ from pipeline.dicom.errors import (
 )
 from pipeline.dicom.parse import deferred_element
 
-__all__ = [
-    "MAX_PIXELS",
-    "check_codestream",
-    "check_greyscale_image",
-    "check_native_length",
-    "describe_pixels",
-    "jpeg_frame_header",
-    "number_of_frames",
-    "optional_int",
-    "plain_frame",
-    "transfer_syntax",
-]
-
 _PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
 
 #: Largest image decoded (rows x columns): 64 megapixels, twice a 43 x 43 cm detector at
@@ -64,16 +47,8 @@ MAX_PIXELS = 64 * 2**20
 _SOF_MARKERS = frozenset(
     {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}
 )
-_JPEG_FAMILY = frozenset(
-    {
-        JPEGBaseline8Bit,
-        JPEGExtended12Bit,
-        JPEGLossless,
-        JPEGLosslessSV1,
-        JPEGLSLossless,
-        JPEGLSNearLossless,
-    }
-)
+# baseline, extended, lossless and lossless SV1 JPEG, and JPEG-LS (lossless, near-lossless)
+_JPEG_FAMILY = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes)
 
 
 def transfer_syntax(ds: Dataset, path: Path) -> UID:

@@ -23,8 +23,6 @@ from pipeline.dicom.errors import DicomError
 from pipeline.dicom.image_header import transfer_syntax
 from pipeline.dicom.parse import header_values, read_dataset
 
-__all__ = ["META_KEYS", "meta_of", "parse_spacing", "read_meta"]
-
 META_KEYS: tuple[str, ...] = (
     "pixel_spacing_mm",
     "modality",

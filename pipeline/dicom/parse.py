@@ -28,8 +28,6 @@ from pipeline.dicom.errors import (
     short_reason,
 )
 
-__all__ = ["deferred_element", "header_values", "is_deferred", "read_dataset"]
-
 
 class _BoundedReader(io.BufferedReader):
     """A file whose reads never ask for more bytes than are left in it.

@@ -27,8 +27,6 @@ from pipeline.dicom.image_header import check_codestream, check_greyscale_image,
 from pipeline.dicom.metadata import meta_of
 from pipeline.dicom.parse import header_values, read_dataset
 
-__all__ = ["Radiograph", "RawRadiograph", "read_radiograph", "read_raw"]
-
 
 @dataclass(frozen=True, eq=False)
 class Radiograph:

@@ -19,16 +19,6 @@ from pipeline.dicom.parse import header_values, read_dataset
 from pipeline.dicom.reading import read_radiograph
 from pipeline.io import atomic_write_text
 
-__all__ = [
-    "NOT_DICOM_SUFFIXES",
-    "ScanResult",
-    "SkippedFile",
-    "candidate_files",
-    "iter_files",
-    "scan_folder",
-    "write_skipped_csv",
-]
-
 #: Suffixes of the files in a data folder that are never DICOM (labels, sidecars, notes,
 #: pictures, arrays); DICOM files themselves often have no suffix at all.
 NOT_DICOM_SUFFIXES = frozenset(

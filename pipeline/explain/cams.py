@@ -229,6 +229,8 @@ def gradcam(
     model: nn.Module, x: torch.Tensor, classes: Sequence[int], options: ExplainOptions
 ) -> np.ndarray:
     """GradCAM maps (B, H, W) in [0, 1] for ``classes`` (B,), with the grad-cam library."""
+    # grad-cam takes ~2 s to import on top of torch (it pulls in sklearn, scipy and
+    # matplotlib): only drawing GradCAM maps needs it, not loading this module
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -252,6 +254,7 @@ def lrp_model(
 ) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` ready for captum's LRP, and the layer types given the
     epsilon-rule approximation (see the module docstring)."""
+    # captum: ~0.6 s to import on top of torch, for the lrp method only
     from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
     from captum.attr._utils.lrp_rules import EpsilonRule
 
@@ -284,7 +287,7 @@ def lrp(
     model: nn.Module, x: torch.Tensor, classes: Sequence[int], options: ExplainOptions
 ) -> np.ndarray:
     """LRP maps (B, H, W) in [0, 1]: positive relevance of the first input channel."""
-    from captum.attr import LRP
+    from captum.attr import LRP  # ~0.6 s to import: the lrp method only (see lrp_model)
 
     copied, approximated = lrp_model(model, epsilon=options.epsilon)
     if approximated:

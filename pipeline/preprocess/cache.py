@@ -276,21 +276,25 @@ class _Store:
 # --------------------------------------------------------------------------- one file
 
 
-def _process(
-    path: str,
-    root: str,
-    config: PreprocessConfig,
-    salt: str | bytes | None,
-    sid: str,
-    reader: Reader | None,
-    sha: str | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Job:
+    """What every file of one build needs, sent (pickled) to the worker processes."""
+
+    root: str  # the configuration's cache folder
+    config: PreprocessConfig
+    salt: str | bytes | None
+    sid: str  # salt_id(salt)
+    reader: Reader | None  # None: decode once and preprocess crop-first
+
+
+def _process(path: str, job: _Job, sha: str | None = None) -> dict[str, Any]:
     """Hash, look up and (on a miss) decode, preprocess and store one file.
 
     Returns ``{"path", "sha", "size", "mtime_ns", "sidecar", "how"}`` or ``{"path", "error", "reason"}``.
     Runs in worker processes: everything it needs comes in its arguments.
     """
-    store = _Store(Path(root))
+    config, salt, sid, reader = job.config, job.salt, job.sid, job.reader
+    store = _Store(Path(job.root))
     try:
         st = os.stat(path)
         if sha is None:
@@ -330,15 +334,8 @@ def _process(
         return {"path": path, "error": type(e).__name__, "reason": reason}
 
 
-def _process_chunk(
-    paths: list[tuple[str, str | None]],
-    root: str,
-    config: PreprocessConfig,
-    salt: str | bytes | None,
-    sid: str,
-    reader: Reader | None,
-) -> list[dict[str, Any]]:
-    return [_process(p, root, config, salt, sid, reader, sha) for p, sha in paths]
+def _process_chunk(paths: list[tuple[str, str | None]], job: _Job) -> list[dict[str, Any]]:
+    return [_process(p, job, sha) for p, sha in paths]
 
 
 @contextlib.contextmanager
@@ -430,7 +427,38 @@ def build_cache(
         p = p.absolute()
         requests.append((_display_name(p, os.fspath(f), base), str(p)))
 
-    stat_index = _load_stat_index(root / "stat_index.json")
+    results, todo = _stat_hits(requests, _load_stat_index(root / "stat_index.json"), store, sid)
+    if todo:
+        job = _Job(str(root), config, salt, sid, reader)
+        for r in _run(todo, job, workers=workers, progress=progress):
+            results[r["path"]] = r
+
+    index = CacheIndex(root=root, config=config)
+    updates: dict[str, list[Any]] = {}
+    counts = {"files": len(requests), "stat_hits": 0, "hash_hits": 0, "built": 0, "errors": 0}
+    for name, path in requests:
+        r = results[path]
+        if "error" in r:
+            index.errors.append(CacheError(file=name, error=r["error"], reason=r["reason"]))
+            counts["errors"] += 1
+            continue
+        counts[_COUNTERS[r["how"]]] += 1
+        if "size" in r:
+            updates[path] = [r["size"], r["mtime_ns"], r["sha"]]
+        index.entries.extend(store.entries(name, r["sidecar"]))
+    index.stats = counts
+    _merge_stat_index(root, updates)
+    return index
+
+
+def _stat_hits(
+    requests: list[tuple[str, str]], stat_index: Mapping[str, list[Any]], store: _Store, sid: str
+) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str | None]]]:
+    """Which requested files the stat index answers (unchanged size and mtime, entry built
+    under this salt), which cannot be read, and which need work: (results by path, todo).
+
+    A todo item is (path, known content hash or None).
+    """
     results: dict[str, dict[str, Any]] = {}
     todo: list[tuple[str, str | None]] = []
     for _, path in requests:
@@ -454,38 +482,12 @@ def build_cache(
             todo.append((path, rec[2]))  # known content, entry missing: rebuild without re-hashing
         else:
             todo.append((path, None))
-
-    if todo:
-        for r in _run(
-            todo, str(root), config, salt, sid, reader, workers=workers, progress=progress
-        ):
-            results[r["path"]] = r
-
-    index = CacheIndex(root=root, config=config)
-    updates: dict[str, list[Any]] = {}
-    counts = {"files": len(requests), "stat_hits": 0, "hash_hits": 0, "built": 0, "errors": 0}
-    for name, path in requests:
-        r = results[path]
-        if "error" in r:
-            index.errors.append(CacheError(file=name, error=r["error"], reason=r["reason"]))
-            counts["errors"] += 1
-            continue
-        counts[_COUNTERS[r["how"]]] += 1
-        if "size" in r:
-            updates[path] = [r["size"], r["mtime_ns"], r["sha"]]
-        index.entries.extend(store.entries(name, r["sidecar"]))
-    index.stats = counts
-    _merge_stat_index(root, updates)
-    return index
+    return results, todo
 
 
 def _run(
     todo: list[tuple[str, str | None]],
-    root: str,
-    config: PreprocessConfig,
-    salt: str | bytes | None,
-    sid: str,
-    reader: Reader | None,
+    job: _Job,
     *,
     workers: int,
     progress: bool,
@@ -505,7 +507,7 @@ def _run(
         if workers == 1 or len(todo) == 1:
             with single_threaded():
                 for item in todo:
-                    out.extend(_process_chunk([item], root, config, salt, sid, reader))
+                    out.extend(_process_chunk([item], job))
                     bar.advance(task)
             return out
         # Small chunks keep both processes busy to the end and the bar moving.
@@ -515,10 +517,7 @@ def _run(
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_init_worker
         ) as pool:
-            pending = {
-                pool.submit(_process_chunk, c, root, config, salt, sid, reader): len(c)
-                for c in chunks
-            }
+            pending = {pool.submit(_process_chunk, c, job): len(c) for c in chunks}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:

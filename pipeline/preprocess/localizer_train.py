@@ -243,6 +243,48 @@ def _fit_svm(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.ndar
     return svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
 
 
+def _knee_sizes(
+    samples: Sequence[Sample],
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(low, median, high) knee box side in mm and as a share of the image height,
+    the 1st to 99th percentiles of the training knees widened by 10%."""
+    sizes_mm, fracs = [], []
+    for s in samples:
+        h = s.work.image.shape[0]
+        for *_, side in s.windows:
+            fracs.append(side / h)
+            if s.work.spacing_mm is not None:
+                sizes_mm.append(side * math.sqrt(s.work.spacing_mm[0] * s.work.spacing_mm[1]))
+
+    def q(values: list[float], pad: float) -> tuple[float, float, float]:
+        lo, med, hi = np.percentile(values, (1, 50, 99))
+        return (float(lo / pad), float(med), float(hi * pad))
+
+    return (q(sizes_mm, 1.1) if sizes_mm else (0.0, 0.0, 0.0)), q(fracs, 1.1)
+
+
+def _platt(loc: KneeLocalizer, pos: list[np.ndarray], neg: list[np.ndarray]) -> tuple[float, float]:
+    """Platt scaling of the final scores: (a, c) with P(knee | score) = sigmoid(a * score + c)."""
+    x = np.asarray(pos + neg, dtype=np.float32)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    scores = x @ loc.w + loc.b
+    lr = LogisticRegression(C=1.0).fit(scores[:, None], y)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+def _side_model(pos: list[np.ndarray], pos_side: list[int]) -> tuple[np.ndarray | None, float]:
+    """Right (1) vs left (0) knee from the same descriptor (the fibula's side), fitted on
+    the positives of known side; (None, 0.0) with fewer than 10 of them or one side only."""
+    sides = np.asarray(pos_side)
+    known = sides >= 0
+    if known.sum() < 10 or len(set(sides[known])) != 2:
+        return None, 0.0
+    side = LogisticRegression(C=0.1, max_iter=2000).fit(
+        np.asarray(pos, dtype=np.float32)[known], sides[known]
+    )
+    return side.coef_[0].astype(np.float32), float(side.intercept_[0])
+
+
 def train_localizer(
     data_dir: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
@@ -283,21 +325,7 @@ def train_localizer(
         pos += p
         pos_side += ps
         neg += n
-    sizes_mm, fracs = [], []
-    for s in samples:
-        h = s.work.image.shape[0]
-        for *_, side in s.windows:
-            fracs.append(side / h)
-            if s.work.spacing_mm is not None:
-                sizes_mm.append(side * math.sqrt(s.work.spacing_mm[0] * s.work.spacing_mm[1]))
-
-    def q(values: list[float], pad: float) -> tuple[float, float, float]:
-        lo, med, hi = np.percentile(values, (1, 50, 99))
-        return (float(lo / pad), float(med), float(hi * pad))
-
-    size_mm = q(sizes_mm, 1.1) if sizes_mm else (0.0, 0.0, 0.0)
-    size_frac = q(fracs, 1.1)
-
+    size_mm, size_frac = _knee_sizes(samples)
     loc = None
     for r in range(rounds + 1):
         x = np.asarray(pos + neg, dtype=np.float32)
@@ -311,40 +339,26 @@ def train_localizer(
         if r < rounds:
             for s in samples:
                 neg += _mine(loc, s, mined_per_image)
-
-    # Platt scaling of the final scores: P(knee | score).
-    x = np.asarray(pos + neg, dtype=np.float32)
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    scores = x @ loc.w + loc.b
-    lr = LogisticRegression(C=1.0).fit(scores[:, None], y)
-    # Right vs left knee from the same descriptor (the fibula's side), on the positives.
-    known = np.asarray(pos_side) >= 0
-    side_w, side_b = None, 0.0
-    if view == "ap" and known.sum() >= 10 and len(set(np.asarray(pos_side)[known])) == 2:
-        side = LogisticRegression(C=0.1, max_iter=2000).fit(
-            np.asarray(pos, dtype=np.float32)[known], np.asarray(pos_side)[known]
-        )
-        side_w, side_b = side.coef_[0].astype(np.float32), float(side.intercept_[0])
-    info = {
-        "images": len(samples),
-        "positives": len(pos),
-        "negatives": len(neg),
-        "rounds": rounds,
-        "C": c,
-        "seed": seed,
-        "view": view,
-        "data": [str(d) for d in dirs],
-    }
+    side_w, side_b = _side_model(pos, pos_side) if view == "ap" else (None, 0.0)
     loc = KneeLocalizer(
         w=loc.w,
         b=loc.b,
-        platt=(float(lr.coef_[0, 0]), float(lr.intercept_[0])),
+        platt=_platt(loc, pos, neg),
         context=context,
         size_mm=size_mm,
         size_frac=size_frac,
         side_w=side_w,
         side_b=side_b,
-        info={**info, "data": [Path(d).name for d in dirs]},
+        info={
+            "images": len(samples),
+            "positives": len(pos),
+            "negatives": len(neg),
+            "rounds": rounds,
+            "C": c,
+            "seed": seed,
+            "view": view,
+            "data": [d.name for d in dirs],
+        },
     )
     if out is not None:
         loc.save(out)

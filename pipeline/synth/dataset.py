@@ -236,6 +236,37 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, dict, list, dict]:
     hd = spec.header
     fov = hd["fov_mm"]
     spacing = fov / (cols if spec.bilateral else rows)  # mm per pixel
+    attenuation, knees_truth = _draw_anatomy(spec, spacing, rng)
+    body = attenuation > 0.02
+    display, _noise = expose(attenuation, spacing, rng)
+    acq = spec.acquisition
+    keep = [k["box"] for k in knees_truth] or [_bbox(body)]
+    field = collimate(display, keep, acq.collimation, rng)
+    markers = []
+    if acq.marker:
+        if spec.bilateral:  # the patient's right knee is on the viewer's left
+            letters = [("R", True), ("L", False)]
+        else:
+            letters = [(knees_truth[0]["laterality"] if knees_truth else hd["laterality"], None)]
+        for text, left in letters:
+            box = burn_marker(display, text, body, keep, field, rng, prefer_left=left)
+            if box is not None:
+                markers.append({"text": text, "box": box})
+    pixels, pixel_fields = quantize(display, acq, body, rng)
+    fields = _header(spec, spacing, rng)
+    fields.update(pixel_fields)
+    fields["BurnedInAnnotation"] = "YES" if markers else "NO"
+    private = _private(spec, rng)
+    record = _truth_record(spec, knees_truth, markers, spacing)
+    return pixels, fields, private, record
+
+
+def _draw_anatomy(
+    spec: ImageSpec, spacing: float, rng: np.random.Generator
+) -> tuple[np.ndarray, list[dict]]:
+    """The planned body part's attenuation (rows, cols) and, for knees, their truth records
+    (box, grade, visibility, fracture polygons)."""
+    rows, cols = spec.shape
     texture = anatomy.trabecular_texture(rng, (rows, cols), spacing)
     attenuation = np.zeros((rows, cols), np.float32)
     knees_truth = []
@@ -279,28 +310,16 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, dict, list, dict]:
                     "fracture_polygons": [_clip_polygon(p, cols, rows) for p in polygons],
                 }
             )
-    body = attenuation > 0.02
-    display, _noise = expose(attenuation, spacing, rng)
+    return attenuation, knees_truth
+
+
+def _truth_record(
+    spec: ImageSpec, knees_truth: list[dict], markers: list[dict], spacing: float
+) -> dict:
+    """The image's line of ``truth.jsonl``."""
     acq = spec.acquisition
-    keep = [k["box"] for k in knees_truth] or [_bbox(body)]
-    field = collimate(display, keep, acq.collimation, rng)
-    markers = []
-    if acq.marker:
-        if spec.bilateral:  # the patient's right knee is on the viewer's left
-            letters = [("R", True), ("L", False)]
-        else:
-            letters = [(knees_truth[0]["laterality"] if knees_truth else hd["laterality"], None)]
-        for text, left in letters:
-            box = burn_marker(display, text, body, keep, field, rng, prefer_left=left)
-            if box is not None:
-                markers.append({"text": text, "box": box})
-    pixels, pixel_fields = quantize(display, acq, body, rng)
-    fields = _header(spec, spacing, rng)
-    fields.update(pixel_fields)
-    fields["BurnedInAnnotation"] = "YES" if markers else "NO"
-    private = _private(spec, rng)
     image_label = max((k["schatzker"] for k in knees_truth), default=0)
-    record = {
+    return {
         "file": spec.file,
         "patient": spec.patient["id"],
         "study": spec.study["uid"],
@@ -320,7 +339,6 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, dict, list, dict]:
         "collimation": acq.collimation,
         "markers": markers,
     }
-    return pixels, fields, private, record
 
 
 def _knee_centres(spec: ImageSpec, rng: np.random.Generator) -> list[tuple[float, float]]:
@@ -427,6 +445,16 @@ def _header(spec: ImageSpec, spacing: float, rng: np.random.Generator) -> dict:
         "InstanceNumber": "1",
         "LossyImageCompression": "00",
     }
+    f.update(_optional_fields(spec, spacing))
+    return f
+
+
+def _optional_fields(spec: ImageSpec, spacing: float) -> dict:
+    """The tags a site writes or leaves out: age, body part, view, laterality, the pixel
+    spacing tags, free-text comments and a request sequence."""
+    site = SITES[spec.site]
+    person, study, hd = spec.patient, spec.study, spec.header
+    f: dict = {}
     if hd["age_tag"]:
         f["PatientAge"] = dicom_age(study["age"])
     if hd["body_part"]:

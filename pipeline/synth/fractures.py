@@ -208,30 +208,44 @@ def draw_fracture(
     if c.empty:
         return []
     sev = Severity.of(visibility)
-    g = geometry
+    draw = _lat_fracture if view == "LAT" else _ap_fracture
+    return draw(c, k, schatzker, sev, geometry)
+
+
+def _lat_fracture(
+    c: Canvas, k: KneeShape, schatzker: int, sev: Severity, g: np.random.Generator
+) -> list[np.ndarray]:
+    """The fracture lines of a lateral view: depressions and splits seen from the side."""
+    wt, s0 = k.plateau_width, k.gap / 2.0
+    d = sev.displacement
+    polys: list[np.ndarray] = []
+    surface = lat_surface(k)
+    if schatzker in (2, 3):
+        uc = g.uniform(-0.12, 0.1) * wt
+        hw = g.uniform(0.08, 0.12) * wt
+        polys.append(depress(c, uc - hw, uc + hw, surface, sev, 0.2 * wt))
+    if schatzker in (1, 2, 4, 5):
+        ends = [g.choice((-1.0, 1.0))] if schatzker != 5 else [-1.0, 1.0]
+        for end in ends:
+            u0 = g.uniform(-0.1, 0.1) * wt
+            p0 = (u0, float(surface(u0)) - 3.0)
+            p1 = (end * 0.6 * wt, s0 + g.uniform(0.35, 0.5) * wt)
+            frag = (end * 0.4 * wt, s0 + 0.1 * wt)
+            polys.append(
+                split(c, p0, p1, frag, (0.2 * end * d, 0.6 * d), 0.0, sev, v_limit=p1[1] + 1.0)
+            )
+    if schatzker == 6:
+        _metaphyseal(c, g, sev, polys)
+    return polys
+
+
+def _ap_fracture(
+    c: Canvas, k: KneeShape, schatzker: int, sev: Severity, g: np.random.Generator
+) -> list[np.ndarray]:
+    """The fracture lines of a frontal view (lateral is -u)."""
     wt, s0 = k.plateau_width, k.gap / 2.0
     d, tilt = sev.displacement, sev.tilt
     polys: list[np.ndarray] = []
-    if view == "LAT":
-        surface = lat_surface(k)
-        if schatzker in (2, 3):
-            uc = g.uniform(-0.12, 0.1) * wt
-            hw = g.uniform(0.08, 0.12) * wt
-            polys.append(depress(c, uc - hw, uc + hw, surface, sev, 0.2 * wt))
-        if schatzker in (1, 2, 4, 5):
-            ends = [g.choice((-1.0, 1.0))] if schatzker != 5 else [-1.0, 1.0]
-            for end in ends:
-                u0 = g.uniform(-0.1, 0.1) * wt
-                p0 = (u0, float(surface(u0)) - 3.0)
-                p1 = (end * 0.6 * wt, s0 + g.uniform(0.35, 0.5) * wt)
-                frag = (end * 0.4 * wt, s0 + 0.1 * wt)
-                polys.append(
-                    split(c, p0, p1, frag, (0.2 * end * d, 0.6 * d), 0.0, sev, v_limit=p1[1] + 1.0)
-                )
-        if schatzker == 6:
-            _metaphyseal(c, g, sev, polys)
-        return polys
-    # AP: lateral is -u
     flat = lambda u: np.full_like(np.asarray(u, dtype=np.float32), s0)  # noqa: E731
     if schatzker in (1, 2):
         u0 = -g.uniform(0.2, 0.3) * wt if schatzker == 1 else -g.uniform(0.27, 0.34) * wt

@@ -196,41 +196,14 @@ def plan_dataset(
                 when += dt.timedelta(days=int(rng.integers(10, 400)))
             study = _study(rng, seed, person, patient_no, study_no, when, site)
             labeled = labeled_deck.next()
+            common = dict(size=size, site=site, person=person, study=study, side=usual_side)
             if kind == "other":
-                body = str(rng.choice(["HAND", "ANKLE"]))
-                spec = _spec(
-                    rng,
-                    decks,
-                    seed=seed,
-                    idx=len(images),
-                    view="OTHER",
-                    body=body,
-                    bilateral=False,
-                    knees=(),
-                    partner=None,
-                    size=size,
-                    site=site,
-                    person=person,
-                    study=study,
-                    side=usual_side,
-                )
+                spec = _other_spec(rng, decks, seed, len(images), common)
                 images.append(spec)
                 if rng.random() < 0.5:
                     rows.append(_row(spec.file, "", ""))
                 continue
-            visibility = float(np.clip(rng.beta(1.6, 1.3), 0.05, 1.0))
-            if kind == "bilateral":
-                knees = tuple(
-                    _knee(seed, patient_no, study_no, side, injury, visibility)
-                    for side in ("R", "L")
-                )
-            else:
-                side = (
-                    usual_side
-                    if rng.random() < 0.9 or injury[0]
-                    else ("L" if usual_side == "R" else "R")
-                )
-                knees = (_knee(seed, patient_no, study_no, side, injury, visibility),)
+            knees = _study_knees(rng, kind, (seed, patient_no, study_no), injury, usual_side)
             views = ["AP", "LAT"] if kind == "ap+lat" and len(images) + 1 < n else ["AP"]
             first = len(images)
             for view in views:
@@ -249,17 +222,48 @@ def plan_dataset(
                     bilateral=kind == "bilateral",
                     knees=vknees,
                     partner=partner,
-                    size=size,
-                    site=site,
-                    person=person,
-                    study=study,
-                    side=usual_side,
+                    **common,
                 )
                 images.append(spec)
                 # labels attach to the frontal view; its lateral partner is listed unlabeled
                 with_label = labeled and view != "LAT"
                 rows.extend(_label_rows(spec, with_label, rng, reader_only, reader_patterns))
     return Plan(images, rows)
+
+
+def _other_spec(
+    rng: np.random.Generator, decks: AcquisitionDecks, seed: int, idx: int, common: dict
+) -> ImageSpec:
+    """A study of another body part (a hand or an ankle): what a real folder mixes in."""
+    body = str(rng.choice(["HAND", "ANKLE"]))
+    return _spec(
+        rng,
+        decks,
+        seed=seed,
+        idx=idx,
+        view="OTHER",
+        body=body,
+        bilateral=False,
+        knees=(),
+        partner=None,
+        **common,
+    )
+
+
+def _study_knees(
+    rng: np.random.Generator,
+    kind: str,
+    key: tuple[int, int, int],
+    injury: tuple[int, str],
+    usual_side: str,
+) -> tuple[KneeSpec, ...]:
+    """The knees a knee study shows: both for a bilateral study, else one, mostly the
+    patient's usual (or injured) side. ``key``: (seed, patient_no, study_no)."""
+    visibility = float(np.clip(rng.beta(1.6, 1.3), 0.05, 1.0))
+    if kind == "bilateral":
+        return tuple(_knee(*key, side, injury, visibility) for side in ("R", "L"))
+    side = usual_side if rng.random() < 0.9 or injury[0] else ("L" if usual_side == "R" else "R")
+    return (_knee(*key, side, injury, visibility),)
 
 
 def _knee(seed, patient_no, study_no, side, injury, visibility) -> KneeSpec:
