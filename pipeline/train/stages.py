@@ -11,9 +11,12 @@ need the same stage at the same time compute it once: the second waits and loads
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -78,73 +81,82 @@ def _pretrain(
     want_ssl = SSL_METHODS.get(config.ssl_method) is not None and config.ssl_epochs > 0
     if not (want_meta or want_ssl):
         return Pretrained(None, key, use_imagenet)
+    stages = _Stages(config, data, in_chans, use_imagenet, key, cache_root)
+    if want_meta:
+        stages.run("metadata", {"epochs": config.metadata_epochs}, pretrain_metadata)
+    if want_ssl:
+        stages.run(
+            "ssl",
+            {"method": config.ssl_method, "epochs": config.ssl_epochs},
+            functools.partial(pretrain_ssl, method=config.ssl_method),
+        )
+    return Pretrained(stages.state, stages.key, use_imagenet, stages.records)
 
-    pool = pretraining_pool(data)
-    data_id = (
-        stable_hash({"identity": data.identity, "pool": "unlabeled+labeled"})
-        if data.identity
-        else stable_hash([dataset_fingerprint(data.unlabeled), dataset_fingerprint(data.labeled)])
-    )
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    state: StateDict | None = None
-    records: list[StageRecord] = []
 
-    def fresh_backbone():
-        with seeded(config.seed, "init/backbone"):
+class _Stages:
+    """The chain of cached stages of one run: each starts from the one before it."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: TrainData,
+        in_chans: int,
+        use_imagenet: bool,
+        key: str,
+        cache_root: str | os.PathLike[str] | None,
+    ):
+        self.config, self.in_chans, self.use_imagenet = config, in_chans, use_imagenet
+        self.key, self.cache_root = key, cache_root
+        self.pool = pretraining_pool(data)
+        self.data_id = (
+            stable_hash({"identity": data.identity, "pool": "unlabeled+labeled"})
+            if data.identity
+            else stable_hash(
+                [dataset_fingerprint(data.unlabeled), dataset_fingerprint(data.labeled)]
+            )
+        )
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.state: StateDict | None = None
+        self.records: list[StageRecord] = []
+
+    def fresh_backbone(self) -> Any:
+        with seeded(self.config.seed, "init/backbone"):
             backbone, _ = build_backbone(
-                config.backbone,
-                in_chans=in_chans,
-                pretrained="imagenet" if use_imagenet else "none",
+                self.config.backbone,
+                in_chans=self.in_chans,
+                pretrained="imagenet" if self.use_imagenet else "none",
                 drop_rate=0.0,
             )
-        if state is not None:
-            backbone.load_state_dict(state)
+        if self.state is not None:
+            backbone.load_state_dict(self.state)
         return backbone
 
-    common = {
-        "batch_size": config.batch_size,
-        "lr": config.ssl_lr,
-        "seed": config.seed,
-        "data": data_id,
-    }
-    if want_meta:
-        spec = {"parent": key, "epochs": config.metadata_epochs, **common}
-        state, record = cached_stage(
-            "metadata",
+    def run(self, kind: str, settings: dict[str, Any], train: Callable[..., Any]) -> None:
+        """Load the stage from the cache, or ``train(backbone, pool, ...)`` it once."""
+        c = self.config
+        spec = {
+            "parent": self.key,
+            **settings,
+            "batch_size": c.batch_size,
+            "lr": c.ssl_lr,
+            "seed": c.seed,
+            "data": self.data_id,
+        }
+        self.state, record = cached_stage(
+            kind,
             spec,
-            lambda: pretrain_metadata(
-                fresh_backbone(),
-                pool,
-                epochs=config.metadata_epochs,
-                lr=config.ssl_lr,
-                batch_size=config.batch_size,
-                seed=config.seed,
-                device=device,
-                precision=precision,
+            lambda: train(
+                self.fresh_backbone(),
+                self.pool,
+                epochs=settings["epochs"],
+                lr=c.ssl_lr,
+                batch_size=c.batch_size,
+                seed=c.seed,
+                device=self.device,
+                precision=self.precision,
             ),
-            cache_root=cache_root,
+            cache_root=self.cache_root,
         )
-        key = record.key
-        records.append(record)
-    if want_ssl:
-        spec = {"parent": key, "method": config.ssl_method, "epochs": config.ssl_epochs, **common}
-        state, record = cached_stage(
-            "ssl",
-            spec,
-            lambda: pretrain_ssl(
-                fresh_backbone(),
-                pool,
-                method=config.ssl_method,
-                epochs=config.ssl_epochs,
-                lr=config.ssl_lr,
-                batch_size=config.batch_size,
-                seed=config.seed,
-                device=device,
-                precision=precision,
-            ),
-            cache_root=cache_root,
-        )
-        key = record.key
-        records.append(record)
-    return Pretrained(state, key, use_imagenet, records)
+        self.key = record.key
+        self.records.append(record)
