@@ -335,13 +335,7 @@ def _execute(
         raise
     except Exception as e:
         status = "failed"
-        full = find_in_chain(e, ExperimentDiskFull)
-        if full is not None:  # Ray may wrap it: say it plainly
-            raise SearchError(str(full)) from e
-        raise SearchError(
-            f"the search stopped with an error: {e}\nfix the cause, then continue with "
-            f"`{resume_command(folder.path)}`"
-        ) from e
+        raise _search_error(e, folder) from e
     finally:
         # on a full disk these writes fail too: the last good state stays as it is
         with contextlib.suppress(ExperimentDiskFull):
@@ -357,6 +351,17 @@ def _execute(
         seconds=time.time() - t0,
         concurrency=concurrency,
         notes=tuple(notes),
+    )
+
+
+def _search_error(e: Exception, folder: ExperimentFolder) -> SearchError:
+    """What a user reads when the search stops on an error: the cause and the way on."""
+    full = find_in_chain(e, ExperimentDiskFull)
+    if full is not None:  # Ray may wrap it: say it plainly
+        return SearchError(str(full))
+    return SearchError(
+        f"the search stopped with an error: {e}\nfix the cause, then continue with "
+        f"`{resume_command(folder.path)}`"
     )
 
 
