@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "read_radiograph": "pipeline.dicom",
     "DicomError": "pipeline.dicom",
     "UnknownNameError": "pipeline.registry",
+    "unknown_name_message": "pipeline.registry",
+    "lazy_exports": "pipeline._lazy",
     "PART_KINDS": "pipeline.parts",
     "choices_for_key": "pipeline.parts",
     "list_parts": "pipeline.parts",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline._lazy import lazy_exports
+import pipeline
 
 __all__ = [
     "AxSearcher",
@@ -50,4 +50,4 @@ if TYPE_CHECKING:
     from search.searcher import AxSearcher
     from search.space import SpaceConfig, SpaceError, load_space
 
-__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
+__getattr__, __dir__ = pipeline.lazy_exports(__name__, _WHERE)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pipeline
-from pipeline.registry import unknown_name_message
 from search.problems import Problems, SpaceError, join, mapping, number, shown
 from search.values import finite
 
@@ -219,7 +218,9 @@ class ParametersConfig:
                     )
                     continue
                 if name not in keys:
-                    problems.add(where, unknown_name_message("trial setting", name, sorted(keys)))
+                    problems.add(
+                        where, pipeline.unknown_name_message("trial setting", name, sorted(keys))
+                    )
                     continue
             if name in budget_keys:
                 problems.add(
@@ -255,7 +256,8 @@ def _parse_parameter(
         kind = next((k for key, k in implied.items() if key in spec), None)
     if not isinstance(kind, str) or kind not in PARSERS:
         problems.add(
-            join(where, "type"), unknown_name_message("parameter type", kind, list(PARSERS))
+            join(where, "type"),
+            pipeline.unknown_name_message("parameter type", kind, list(PARSERS)),
         )
         return None
     if "when" in spec:
@@ -292,7 +294,7 @@ def _parse_range(name: str, spec: dict, where: str, problems: Problems) -> Param
     if value_type not in ("int", "float"):
         problems.add(
             join(where, "value_type"),
-            unknown_name_message("value type", value_type, ["float", "int"]),
+            pipeline.unknown_name_message("value type", value_type, ["float", "int"]),
         )
         return None
     if value_type == "int" and (float(lo) != int(lo) or float(hi) != int(hi)):
@@ -304,7 +306,9 @@ def _parse_range(name: str, spec: dict, where: str, problems: Problems) -> Param
         return None
     scale = spec.get("scale", "linear")
     if scale not in ("linear", "log"):
-        problems.add(join(where, "scale"), unknown_name_message("scale", scale, ["linear", "log"]))
+        problems.add(
+            join(where, "scale"), pipeline.unknown_name_message("scale", scale, ["linear", "log"])
+        )
         return None
     if scale == "log" and lo <= 0:
         problems.add(join(where, "bounds"), "a log-scale parameter needs lower > 0")
@@ -403,14 +407,15 @@ def _check_values(
         for v in values:
             if not isinstance(v, str) or not is_timm_backbone(v):
                 names = [n for n, _ in pipeline.list_parts("backbones")]
-                problems.add(sub, unknown_name_message("backbone", v, names))
+                problems.add(sub, pipeline.unknown_name_message("backbone", v, names))
         return
     choices = pipeline.choices_for_key(param.name)
     if choices:
         for v in values:
             if v not in choices:
                 problems.add(
-                    sub, unknown_name_message(param.name.replace("_", " "), v, list(choices))
+                    sub,
+                    pipeline.unknown_name_message(param.name.replace("_", " "), v, list(choices)),
                 )
 
 
@@ -430,7 +435,8 @@ def _resolve_conditions(
         parent = by_name.get(parent_name)
         if parent is None:
             problems.add(
-                where, unknown_name_message("parent parameter", parent_name, sorted(by_name))
+                where,
+                pipeline.unknown_name_message("parent parameter", parent_name, sorted(by_name)),
             )
             continue
         if parent_name == p.name:
@@ -449,7 +455,7 @@ def _resolve_conditions(
         if bad:
             problems.add(
                 where,
-                unknown_name_message(
+                pipeline.unknown_name_message(
                     f"value of {parent_name}", bad[0], [str(v) for v in parent_values]
                 ),
             )
@@ -494,7 +500,7 @@ def _parse_linear_constraints(
         for n in names:
             p = by_name.get(n)
             if p is None:
-                problems.add(where, unknown_name_message("parameter", n, sorted(by_name)))
+                problems.add(where, pipeline.unknown_name_message("parameter", n, sorted(by_name)))
                 ok = False
             elif isinstance(p, FixedParameter):
                 problems.add(where, f"'{n}' is fixed; constraints relate searched range parameters")

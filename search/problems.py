@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipeline.registry import unknown_name_message
+import pipeline
 from search.values import finite
 
 
@@ -55,7 +55,7 @@ class Problems:
         for key in given:
             if key not in allowed:
                 where = f"{path}.{key}" if path else str(key)
-                self.add(where, unknown_name_message("key", key, allowed))
+                self.add(where, pipeline.unknown_name_message("key", key, allowed))
 
 
 def shown(value: Any, limit: int = 60) -> str:

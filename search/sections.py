@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pipeline
-from pipeline.registry import unknown_name_message
 from search.parameters import BUDGET_TRIAL_KEYS
 from search.problems import Problems, SpaceError, join, mapping, number
 
@@ -156,7 +155,7 @@ class ObjectiveConfig:
         if direction not in ("maximize", "minimize"):
             problems.add(
                 join(path, "direction"),
-                unknown_name_message("direction", direction, ["maximize", "minimize"]),
+                pipeline.unknown_name_message("direction", direction, ["maximize", "minimize"]),
             )
         else:
             kwargs["direction"] = direction
@@ -297,7 +296,9 @@ class BudgetConfig:
         for key, allowed in (("scheduler", SCHEDULERS), ("algorithm", ALGORITHMS)):
             if key in d:
                 if d[key] not in allowed:
-                    problems.add(join(path, key), unknown_name_message(key, d[key], list(allowed)))
+                    problems.add(
+                        join(path, key), pipeline.unknown_name_message(key, d[key], list(allowed))
+                    )
                 else:
                     kwargs[key] = d[key]
         if own and problems.items:
@@ -352,7 +353,7 @@ class TrackingConfig:
             if d["mode"] not in TRACKING_MODES:
                 problems.add(
                     join(path, "mode"),
-                    unknown_name_message("mode", d["mode"], list(TRACKING_MODES)),
+                    pipeline.unknown_name_message("mode", d["mode"], list(TRACKING_MODES)),
                 )
             else:
                 kwargs["mode"] = d["mode"]

@@ -30,7 +30,6 @@ from typing import Any
 import yaml
 
 import pipeline
-from pipeline.registry import unknown_name_message
 from search.parameters import (
     ChoiceParameter,
     FixedParameter,
@@ -203,7 +202,7 @@ class SpaceConfig:
                 d["budget"][key] = value
             else:
                 raise ValueError(
-                    unknown_name_message(
+                    pipeline.unknown_name_message(
                         "override",
                         key,
                         sorted(budget_keys | {"name", "data_dir", "labels", "wandb"}),
@@ -271,13 +270,13 @@ def _check_metric_names(
     if objective.metric not in reported:
         problems.add(
             "objective.metric",
-            unknown_name_message("metric no trial reports:", objective.metric, names),
+            pipeline.unknown_name_message("metric no trial reports:", objective.metric, names),
         )
     for i, c in enumerate(objective.constraints):
         if c.metric not in reported:
             problems.add(
                 f"objective.constraints[{i}]",
-                unknown_name_message("metric no trial reports:", c.metric, names),
+                pipeline.unknown_name_message("metric no trial reports:", c.metric, names),
             )
 
 
@@ -311,7 +310,9 @@ def _parse_baseline(raw: Any, parameters: ParametersConfig, problems: Problems) 
                 continue
             value = int(value) if p.value_type == "int" else float(value)
         elif value not in p.values:
-            problems.add(where, unknown_name_message("value", value, [str(v) for v in p.values]))
+            problems.add(
+                where, pipeline.unknown_name_message("value", value, [str(v) for v in p.values])
+            )
             continue
         out[p.name] = value
     return out

@@ -102,8 +102,7 @@ def test_resume_after_sigkill_loses_and_repeats_no_completed_trial(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
+        while True:  # until the event; the test's timeout ends a run that never gets there
             state = _state(folder)
             statuses = [rec["status"] for rec in state.get("trials", {}).values()]
             running = [
@@ -115,10 +114,6 @@ def test_resume_after_sigkill_loses_and_repeats_no_completed_trial(tmp_path):
                 break
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             time.sleep(0.05)
-        else:
-            raise AssertionError(
-                "no trial completed in time:\n" + (tmp_path / "driver.log").read_text()[-3000:]
-            )
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
