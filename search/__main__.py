@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a crashed or interrupted experiment")
     p.add_argument("experiment", help="results/NAME")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="where the DICOM folder is now (when results/.local, which keeps it, is not here)",
+    )
+    p.add_argument("--labels", type=Path, help="the labels CSV (default: DATA/labels.csv)")
     _add_budget_overrides(p)
 
     p = sub.add_parser("status", help="show an experiment's progress")
@@ -142,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
+    from search.axclient import build_client
     from search.noise import planned_warning
-    from search.searcher import build_client
     from search.space import load_space
 
     status = 0
@@ -232,8 +238,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from search.experiment import ExperimentFolder
     from search.runner import resume_search
 
+    if args.labels and not args.data:
+        _err("--labels names the labels CSV of --data DIR: give --data too")
+        return 2
+    if args.data:  # recorded outside the experiment folder, then read by resume
+        ExperimentFolder.open(args.experiment).supply_data(args.data, args.labels)
     result = resume_search(
         args.experiment,
         trainable=_trainable(args),

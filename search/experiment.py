@@ -12,10 +12,12 @@
     final/            ``python -m search promote``
 
 The folder can be shared: it holds no local path of the data, no host name and no user
-name (see :mod:`search.privacy`). What stays on the machine lives beside it, in
-``results/.local/<experiment id>/`` (the id is in ``experiment.json``)::
+name (see :mod:`search.privacy`). What is not for sharing lives beside it, in
+``results/.local/<experiment id>/`` (the id is in ``experiment.json``; on a Ray cluster
+it is on the shared file system with ``results/``, as Ray Tune's folder must be)::
 
     paths.json        where the data is: data_dir, labels, cache_dir (resume reads them)
+    sessions.json     each session's cluster address, command line, host and pid
     ray/session-N/    Ray Tune's working folder of each run or resume
     wandb-logs/       W&B's debug logs of each run
 
@@ -45,6 +47,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -53,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pipeline.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+import pipeline
 from search.privacy import ADDRESS, public, public_command, public_text, stow_wandb_logs
 from search.sections import DataSection
 from search.space import SpaceConfig
@@ -71,9 +74,10 @@ BEST_FILE = "best.yaml"
 LOCK_FILE = ".lock"
 LOCK_OWNER_FILE = ".lock.owner"
 CHECKPOINTS_DIR = "checkpoints"
-#: beside the experiment folders: what stays on this machine, one folder per experiment id
+#: beside the experiment folders: what is not for sharing, one folder per experiment id
 LOCAL_DIR = ".local"
 PATHS_FILE = "paths.json"
+SESSIONS_FILE = "sessions.json"
 #: the data section's local paths: kept in ``results/.local/<id>/paths.json``, never in
 #: the experiment folder (folder names can name patients); the first two are needed to go on
 LOCAL_KEYS = ("data_dir", "labels", "cache_dir")
@@ -236,7 +240,7 @@ class ExperimentFolder:
 
     @property
     def local_dir(self) -> Path:
-        """What stays on this machine (``results/.local/<id>``): see the module docstring."""
+        """What is not for sharing (``results/.local/<id>``): see the module docstring."""
         return self.path.parent / LOCAL_DIR / self.id
 
     @property
@@ -324,9 +328,7 @@ class ExperimentFolder:
             if parent.is_dir():
                 names = sorted(p.name for p in parent.iterdir() if (p / STATE_FILE).is_file())
                 if names:
-                    from pipeline.registry import unknown_name_message
-
-                    hint = ": " + unknown_name_message("experiment", folder.name, names)
+                    hint = ": " + pipeline.unknown_name_message("experiment", folder.name, names)
             raise ExperimentError(
                 f"{folder.display} is not an experiment folder (no {STATE_FILE}){hint}"
             )
@@ -365,7 +367,7 @@ class ExperimentFolder:
                 "command": public_command(command) if command else None,
             }
             with disk_full_is_clear(self.path / LOCK_OWNER_FILE, self.path):
-                atomic_write_json(self.path / LOCK_OWNER_FILE, info)
+                pipeline.atomic_write_json(self.path / LOCK_OWNER_FILE, info)
             yield self
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -405,7 +407,7 @@ class ExperimentFolder:
     def save_state(self) -> None:
         fault_point("save_state")
         with disk_full_is_clear(self.path / STATE_FILE, self.path):
-            atomic_write_json(self.path / STATE_FILE, self.state)
+            pipeline.atomic_write_json(self.path / STATE_FILE, self.state)
 
     def recover(self) -> list[str]:
         """Tidy what a killed driver can leave (call with the lock held): temporary files
@@ -426,7 +428,7 @@ class ExperimentFolder:
             if data and not data.endswith(b"\n"):
                 keep = data[: data.rfind(b"\n") + 1]
                 with disk_full_is_clear(self.history_path, self.path):
-                    atomic_write_bytes(self.history_path, keep)
+                    pipeline.atomic_write_bytes(self.history_path, keep)
                 done.append(f"{HISTORY_FILE} (a torn last line)")
         return done
 
@@ -456,12 +458,12 @@ class ExperimentFolder:
             self._save_local_paths(local)
         text = yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=100)
         with disk_full_is_clear(self.path / SPACE_FILE, self.path):
-            atomic_write_text(self.path / SPACE_FILE, text)
+            pipeline.atomic_write_text(self.path / SPACE_FILE, text)
         self.state["check_names"] = space.check_names
         self.state["local_keys"] = sorted(local)
         self._space = space
 
-    # ---- what stays on this machine -------------------------------------------------
+    # ---- what is not for sharing ----------------------------------------------------
     def local_paths(self) -> dict[str, str]:
         """The data location this machine knows (``data_dir``, ``labels``, ``cache_dir``
         from ``results/.local/<id>/paths.json``); empty when it has none."""
@@ -476,7 +478,7 @@ class ExperimentFolder:
     def _save_local_paths(self, paths: Mapping[str, str]) -> None:
         self.local_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with disk_full_is_clear(self.local_dir / PATHS_FILE):
-            atomic_write_json(self.local_dir / PATHS_FILE, dict(paths))
+            pipeline.atomic_write_json(self.local_dir / PATHS_FILE, dict(paths))
         self._local_paths = dict(paths)
 
     def missing_data(self) -> list[str]:
@@ -528,6 +530,8 @@ class ExperimentFolder:
                 paths = {k: v for k, v in (data.get("data") or {}).items() if k in LOCAL_KEYS}
         folders = {f"<{k.removesuffix('_dir')}>": v for k, v in paths.items()}
         folders["<experiment>"] = str(self.path)
+        if self._space is not None and not self._space.source.startswith("<"):
+            folders[_source_name(self._space.source)] = self._space.source
         if self.state.get("id"):
             folders["<local>"] = str(self.local_dir)
         return public_text(text, folders)
@@ -548,11 +552,33 @@ class ExperimentFolder:
         self.save_state()
 
     def begin_session(self, *, address: str | None, command: str) -> int:
+        """Record a new session: in the folder without the machine (the command without
+        its paths, a cluster's address as ``<address>``), in the local folder in full
+        (``sessions.json``: the cluster address, the command, the host and the pid)."""
         n = len(self.state["sessions"]) + 1
+        started = now_iso()
+        local = self.local_dir / SESSIONS_FILE
+        sessions: list[dict[str, Any]] = []
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            sessions = json.loads(local.read_text(encoding="utf-8"))
+        sessions = [s for s in sessions if s.get("session") != n]
+        sessions.append(
+            {
+                "session": n,
+                "started": started,
+                "address": address,
+                "command": command,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+        )
+        self.local_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with disk_full_is_clear(local):
+            pipeline.atomic_write_json(local, sessions)
         self.state["sessions"].append(
             {
                 "session": n,
-                "started": now_iso(),
+                "started": started,
                 "ended": None,
                 "status": "running",
                 "address": address if address in (None, "auto") else ADDRESS,
@@ -799,11 +825,13 @@ class ExperimentFolder:
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         with disk_full_is_clear(self.trials_csv, self.path):
-            atomic_write_text(self.trials_csv, buf.getvalue())
+            pipeline.atomic_write_text(self.trials_csv, buf.getvalue())
         best = self.best()
         if best is not None:  # without local paths (the folder may be shared)
             with disk_full_is_clear(self.best_path, self.path):
-                atomic_write_text(self.best_path, yaml.safe_dump(public(best), sort_keys=False))
+                pipeline.atomic_write_text(
+                    self.best_path, yaml.safe_dump(public(best), sort_keys=False)
+                )
 
     def best(self) -> dict[str, Any] | None:
         """The best completed trial that meets every outcome constraint (observed values);

@@ -14,7 +14,7 @@ experiment folder or sends to W&B is passed through these functions first:
 - :func:`make_files_public`: the YAML and JSON files of a folder rewritten through
   :func:`public` (the final model's folder, written by ``pipeline.run_final``).
 
-What stays on the machine (the data location, Ray Tune's working files, W&B's debug
+What is not for sharing (the data location, Ray Tune's working files, W&B's debug
 logs) lives beside the experiment folder, in ``results/.local/<experiment id>/``
 (:mod:`search.experiment`); :func:`stow_wandb_logs` moves W&B's debug logs there.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.io import atomic_write_json, atomic_write_text
+import pipeline
 
 LOCAL_PATH = "<local path>"
 ADDRESS = "<address>"
@@ -44,6 +45,8 @@ PRIVATE_OPTIONS = frozenset(
 )
 #: W&B's debug logs in each run folder (they name the folders the run wrote to)
 WANDB_LOGS = "logs"
+#: a POSIX absolute path of two parts or more inside a text (not a URL's, not ``a/b``)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>:/-])(?:/[^\s/'\"`:,;()\[\]{}<>]+){2,}/?")
 
 
 def looks_like_path(text: str) -> bool:
@@ -99,15 +102,16 @@ def _placeholder(option: str) -> str:
 
 
 def public_text(text: str, folders: Mapping[str, str | os.PathLike[str] | None]) -> str:
-    """``text`` with each known local folder (``{"<data>": "/archive/DOE_JANE", ...}``)
-    replaced by its short name, longest first, and the home folder by ``~``."""
+    """``text`` with each known local path (``{"<data>": "/archive/DOE_JANE", ...}``)
+    replaced by its short name, longest first, then the home folder by ``~``, then any
+    other absolute path (two parts or more) by ``<local path>``."""
     pairs = [(str(Path(p)), name) for name, p in folders.items() if p]
     with contextlib.suppress(RuntimeError):  # no home folder
         pairs.append((str(Path.home()), "~"))
     for path, name in sorted(pairs, key=lambda pair: -len(pair[0])):
         if len(path) > 1:
             text = text.replace(path, name)
-    return text
+    return _ABSOLUTE_PATH.sub(LOCAL_PATH, text)
 
 
 def make_files_public(folder: str | os.PathLike[str]) -> list[Path]:
@@ -124,9 +128,9 @@ def make_files_public(folder: str | os.PathLike[str]) -> list[Path]:
         if clean == data:
             continue
         if suffix == ".json":
-            atomic_write_json(path, clean)
+            pipeline.atomic_write_json(path, clean)
         else:
-            atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
+            pipeline.atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
         changed.append(path)
     return changed
 

@@ -27,6 +27,7 @@ import yaml
 
 import pipeline
 from search.experiment import ExperimentFolder, now_iso
+from search.privacy import make_files_public
 from search.tracking import TrackingSetup, TrialRun
 from search.values import finite
 from search.worker import MODEL_FILE
@@ -136,6 +137,7 @@ def promote(
             "finished": now_iso(),
         }
         pipeline.atomic_write_text(out / "promote.yaml", yaml.safe_dump(record, sort_keys=False))
+        make_files_public(out)  # config.yaml, metrics.json, promote.yaml: no local paths
     return summary
 
 

@@ -24,6 +24,7 @@ in; the tests use it to check that the metrics are really in the runs.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import math
 import os
@@ -69,7 +70,8 @@ class TrackingSetup:
             entity=tracking.entity,
             group=name,
             root=str(folder.path),
-            logs=str(folder.wandb_logs_dir) if folder.exists else None,
+            # a folder from before the local folder gets its id from the driver, not here
+            logs=str(folder.wandb_logs_dir) if folder.exists and folder.state.get("id") else None,
             log_images=tracking.log_images,
         )
 
@@ -231,7 +233,11 @@ def log_summary_run(
     space: Mapping[str, Any],
     report_html: Path | None = None,
 ) -> None:
-    """One run for the whole search: the trial table, the best configuration, the report."""
+    """One run for the whole search: the trial table, the best configuration, the report.
+
+    The trial table is logged as an HTML page, not a ``wandb.Table``: a Table is an
+    artifact whose manifest records the path W&B staged it at, in the user's home folder.
+    """
     if not setup.enabled:
         return
     import wandb
@@ -244,10 +250,7 @@ def log_summary_run(
             {k for r in rows for k in r},
             key=lambda k: list(rows[0]).index(k) if k in rows[0] else 999,
         )
-        table = wandb.Table(
-            columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows]
-        )
-        run.log_object("trials", table)
+        run.log_object("trials", wandb.Html(_html_table(columns, rows)))
     if best is not None:
         run.summary(
             {
@@ -262,12 +265,16 @@ def log_summary_run(
     run.finish()
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, int | float | bool | str):
-        return value
-    return str(value)
+def _html_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """A plain HTML table of ``rows`` (empty cells for missing values)."""
+
+    def cell(value: Any, tag: str) -> str:
+        text = "" if value is None else html.escape(str(public(value)))
+        return f"<{tag}>{text}</{tag}>"
+
+    head = "".join(cell(c, "th") for c in columns)
+    body = "".join("<tr>" + "".join(cell(r.get(c), "td") for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # ------------------------------------------------------------------------------------------
@@ -280,10 +287,14 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 @dataclass
 class OfflineRun:
-    """What an offline run holds: identity, config, every logged row, summary, exit code."""
+    """What an offline run holds: identity, config, every logged row, summary, exit code,
+    the host it names (empty: none) and the kinds of record in it (``run``, ``history``,
+    ... ``environment`` only when W&B collected the machine's metadata)."""
 
     path: Path
     run_id: str = ""
+    host: str = ""
+    records: set[str] = field(default_factory=set)
     name: str = ""
     group: str = ""
     project: str = ""
@@ -355,8 +366,10 @@ def read_offline_run(path: str | os.PathLike[str]) -> OfflineRun:
         rec = pb.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
+        run.records.add(str(kind))
         if kind == "run":
             r = rec.run
+            run.host = r.host
             run.run_id, run.name, run.group, run.project, run.job_type = (
                 r.run_id,
                 r.display_name,

@@ -3,11 +3,18 @@
 The callback keeps the experiment folder's records in step with Ray: errors (the last
 line of the trial's traceback), Ray's restarts of crashed trials, checkpoints (the
 trial's model of record among them), and the live table.
+
+Ray Tune's own folder (its experiment state, pickled trainable and searcher, per-trial
+results with the host name and address) names local folders and machines, so it lives
+in the experiment's local folder (``results/.local/<id>/ray``), not in the experiment
+folder; each trial writes its checkpoint folder into the experiment folder itself
+(``checkpoints/trial-0007``), where ``promote`` and ``resume`` find it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +27,7 @@ from search.experiment import ExperimentFolder
 from search.keys import INDEX_KEY
 from search.searcher import AxSearcher
 from search.space import SpaceConfig
-from search.worker import TrialSetup, make_trial_function
+from search.worker import TrialSetup, checkpoint_name, make_trial_function
 
 
 def build_tuner(
@@ -46,6 +53,7 @@ def build_tuner(
     resources = {"cpu": space.budget.cpus_per_trial}
     if space.budget.gpus_per_trial > 0:
         resources["gpu"] = space.budget.gpus_per_trial
+    setup = dataclasses.replace(setup, checkpoints=str(folder.checkpoints_dir))
     return tune.Tuner(
         tune.with_resources(make_trial_function(setup), resources),
         tune_config=tune.TuneConfig(
@@ -143,7 +151,9 @@ def _recorder(folder: ExperimentFolder, on_event: Callable[[], None]) -> Any:
         ) -> None:
             index = _index(trial)
             if index is not None and getattr(checkpoint, "path", None):
-                self.folder.trial_note(index, checkpoint=str(checkpoint.path))
+                # the trial's own folder (Ray's copy is in the local folder)
+                folder_of_trial = self.folder.checkpoints_dir / checkpoint_name(index)
+                self.folder.trial_note(index, checkpoint=str(folder_of_trial))
 
         # Ray pickles its callbacks into its own experiment folder; ours hold live
         # objects (the folder, the terminal) that are not needed there.

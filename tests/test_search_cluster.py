@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from search.experiment import ExperimentFolder
 from search.runner import run_search
 from search.space import SpaceConfig
 from search.worker import load_trainable
@@ -79,5 +80,7 @@ def test_trials_run_on_both_nodes_of_a_cluster(two_node_cluster, tmp_path):
     assert [r["status"] for r in rows] == ["completed"] * 4
     nodes = {r["node"] for r in rows}
     assert len(nodes) == 2, nodes
-    state = (result.path / "experiment.json").read_text()
-    assert two_node_cluster.address in state, "the session records the cluster it joined"
+    # the address names a machine: recorded in the local folder, not the shared one
+    local = ExperimentFolder(result.path).local_dir / "sessions.json"
+    assert two_node_cluster.address in local.read_text(), "the session records the cluster"
+    assert two_node_cluster.address not in (result.path / "experiment.json").read_text()

@@ -18,9 +18,9 @@ import yaml
 from search.__main__ import main
 from search.experiment import ExperimentFolder
 from search.runner import run_search
-from search.worker import load_trainable
 from search.space import SpaceConfig
 from search.tracking import offline_runs
+from search.worker import load_trainable
 
 FAKES = Path(__file__).resolve().parent / "search_fakes.py"
 
@@ -89,8 +89,9 @@ def test_run_finishes_and_writes_every_file(finished):
         "best.yaml",
     ):
         assert (path / name).is_file(), name
-    assert (path / "ray" / "session-1").is_dir()
-    trial_dirs = sorted((path / "ray" / "session-1").glob("trial-*"))
+    ray_dir = ExperimentFolder(path).ray_dir  # Ray Tune's folder is local: results/.local/ID
+    assert (ray_dir / "session-1").is_dir() and not (path / "ray").exists()
+    trial_dirs = sorted((ray_dir / "session-1").glob("trial-*"))
     assert len(trial_dirs) == 4
     assert (path / "wandb").is_dir()
     assert not (path / ".lock.owner").exists(), "the lock is released"

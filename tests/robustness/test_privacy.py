@@ -4,9 +4,9 @@ The phantom's headers carry invented names, IDs, birth dates, accession numbers,
 institutions, addresses, phone numbers, UIDs and a private tag with an operator's
 name. After a two-trial search (Ray, ``run_trial``, W&B offline) and a promote
 (``run_final``), every file the tool wrote (the experiment folder with its W&B
-offline runs, Ray trial folders, report, final model, predictions and metadata, and
-the preprocessing cache) is searched for those values, taken from the headers
-themselves. The W&B runs are also read back with the record reader, so a value
+offline runs, trial checkpoints, report, final model, predictions and metadata, what
+stays local beside it in ``results/.local``, and the preprocessing cache) is searched
+for those values, taken from the headers themselves. The W&B runs are also read back with the record reader, so a value
 stored compressed or encoded would still be found in their config, history and
 summary.
 """
@@ -50,7 +50,8 @@ def test_nothing_written_holds_an_identifier(written, phantom_dir):
     phi = phi_strings(sorted((phantom_dir / "dicom").glob("*.dcm")))
     assert (experiment / "final" / "predictions.csv").is_file(), "the promote ran"
     assert list((experiment / "wandb").rglob("*.wandb")), "W&B wrote offline runs"
-    scanned, hits = scan_tree([experiment, cache], phi, exclude=[phantom_dir])
+    local = experiment.parent / ".local"  # Ray's folders and W&B's logs: no header values
+    scanned, hits = scan_tree([experiment, local, cache], phi, exclude=[phantom_dir])
     assert scanned > 20
     assert not hits, "\n".join(
         f"{h.file}: {h.value!r} ({h.source}) in ...{h.context}..." for h in hits[:20]
