@@ -1,14 +1,23 @@
-"""pipeline.train on a CUDA device: mixed precision, channels-last, augmentation on the GPU."""
+"""pipeline.train on a CUDA device: mixed precision, channels-last, augmentation on the GPU,
+the device-resident data path and each run's peak GPU memory."""
 
 from __future__ import annotations
 
+import gc
+
+import numpy as np
 import pytest
 import timm
 import torch
+from torch.utils.data import DataLoader
 
 from pipeline.train import LOSSES, TrainConfig, build_loss, fit, pretrain_ssl
 from pipeline.train.augment import ssl_augment, strong_augment, weak_augment
+from pipeline.train.batches import StepDataset, StepSampler, dataset_labels
+from pipeline.train.resident import ResidentImages, ResidentSteps
+from pipeline.train.samplers import UniformSampler, build_sampler
 from pipeline.train.toy import toy_train_data
+from search.worker import is_out_of_memory
 
 pytestmark = [
     pytest.mark.gpu,
@@ -87,3 +96,60 @@ def test_ssl_pretraining_on_the_gpu(method, data):
     )
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(history)))
     assert all(not v.is_cuda for v in state.values())
+
+
+def test_the_device_path_gathers_the_loader_paths_batches_on_the_gpu(data):
+    y = (dataset_labels(data.labeled) > 0).astype(np.int64)
+    u_y = np.full(len(data.unlabeled), -1, dtype=np.int64)
+
+    def sampler():
+        s = StepSampler(
+            build_sampler("ratio", y, 16, 4, seed=3, ratio=0.5),
+            UniformSampler(np.zeros(len(data.unlabeled), dtype=np.int64), 32, 4, seed=4),
+        )
+        s.set_epoch(1)
+        return s
+
+    loader = DataLoader(
+        StepDataset(data.labeled, y, data.unlabeled, u_y), sampler=sampler(), batch_size=None
+    )
+    cuda = torch.device("cuda")
+    steps = ResidentSteps(
+        sampler(),
+        ResidentImages.load(data.labeled, cuda),
+        y,
+        ResidentImages.load(data.unlabeled, cuda),
+        u_y,
+    )
+    for a, b in zip(loader, steps, strict=True):
+        assert a.keys() == b.keys()
+        assert all(b[k].is_cuda and torch.equal(a[k].cuda(), b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["supervised", "fixmatch"])
+def test_auto_keeps_the_data_on_the_gpu_and_reports_its_memory(method, data):
+    config = TrainConfig(
+        backbone="test_resnet", pretrained="none", method=method, epochs=2, batch_size=16, mu=2
+    )
+    rows = []
+    result = fit(config, data, report=rows.append)
+    assert result.runtime["data_path"] == "device"
+    assert all(r["train/gpu_mem_mib"] > 0 for r in rows)
+    forced = fit(config.replace(data_path="loader", epochs=1), data)
+    assert forced.runtime["data_path"] == "loader"
+
+
+def test_out_of_memory_on_the_gpu_reaches_the_search_retry():
+    """The search retries a trial with half the batch when it finds torch's
+    OutOfMemoryError in the exception chain: the device path lets it through."""
+    big = toy_train_data(n_labeled=256, n_unlabeled=8, n_val=32, size=128)  # 16 MiB labeled
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(1e-6)  # no new CUDA memory segment fits
+    try:
+        with pytest.raises(Exception) as caught:
+            fit(TrainConfig(backbone="test_resnet", pretrained="none", data_path="device"), big)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    assert is_out_of_memory(caught.value)

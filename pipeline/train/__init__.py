@@ -24,6 +24,7 @@ from pipeline._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "TrainData": "pipeline.train.batches",
+    "DATA_PATHS": "pipeline.train.resident",
     "ConfigError": "pipeline.train.config",
     "TrainConfig": "pipeline.train.config",
     "Evaluation": "pipeline.train.loop",
@@ -79,6 +80,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "BOOTSTRAP_METRICS",
+    "DATA_PATHS",
     "LOSSES",
     "METADATA_TARGETS",
     "METHODS",
@@ -160,6 +162,7 @@ if TYPE_CHECKING:
         check_backbone,
         list_backbones,
     )
+    from pipeline.train.resident import DATA_PATHS
     from pipeline.train.samplers import SAMPLERS, build_sampler, list_samplers
     from pipeline.train.saved import MODEL_FILE, load_model, model_info, save_model
     from pipeline.train.ssl import SSL_METHODS, list_ssl_methods, pretrain_ssl

@@ -4,6 +4,14 @@ The field names are exactly the trial configuration keys of docs/architecture.md
 (model, pretraining, method, imbalance, optimisation and runtime groups), so
 ``pipeline.trial`` passes its flat dict's training part straight through
 ``TrainConfig.from_dict``.
+
+``data_path`` (runtime group, default ``"auto"``): where training batches come from.
+``"loader"``: a ``DataLoader`` reads each step's crops from the preprocessing cache on
+the CPU (``num_workers`` processes); ``"device"``: every crop is loaded once onto the
+training device and batches are gathered there (``pipeline.train.resident``: same
+indices, same values, no workers); ``"auto"``: the device path on a GPU when the crops
+fit a small share of its memory, the loader on the CPU. Both paths give the same
+batches for a seed, so on the CPU they train the same weights.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pipeline.train.losses import LOSSES
 from pipeline.train.methods import METHODS
 from pipeline.train.metrics import THRESHOLD_METRICS, TYPE_DECISIONS
 from pipeline.train.models import PRETRAINED_CHOICES, check_backbone
+from pipeline.train.resident import DATA_PATHS
 from pipeline.train.samplers import SAMPLERS
 from pipeline.train.ssl import SSL_METHODS
 from pipeline.train.tasks import TASKS
@@ -84,6 +93,7 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool = False
     num_workers: int = 0
+    data_path: str = "auto"  # "auto", "loader" or "device": see the module docstring
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -120,6 +130,7 @@ class TrainConfig:
             check_choice("threshold_metric", self.threshold_metric, THRESHOLD_METRICS)
             check_choice("type_decision", self.type_decision, TYPE_DECISIONS)
             check_choice("precision", self.precision, PRECISIONS)
+            check_choice("data_path", self.data_path, DATA_PATHS)
         except UnknownNameError as e:
             raise ConfigError(str(e)) from e
         _check(self, "drop_rate", 0.0 <= self.drop_rate < 1.0, "in [0, 1)")

@@ -52,9 +52,12 @@ from pipeline.train.losses import Loss, build_loss
 from pipeline.train.methods import METHODS, Method, StepContext, build_method
 from pipeline.train.metrics import classification_metrics, is_better, metric_keys
 from pipeline.train.models import Classifier, ModelSpec, build_model
+from pipeline.train.resident import choose_data_path, resident_loaders
 from pipeline.train.runtime import (
     derive_seed,
     generator,
+    peak_memory_mib,
+    reset_peak_memory,
     resolve_device,
     resolve_precision,
     seeded,
@@ -84,6 +87,7 @@ TRAIN_KEYS = (
     "train/images_per_s",
     "train/labeled_per_s",
     "train/steps",
+    "train/gpu_mem_mib",
     "time/elapsed_s",
 )
 
@@ -130,7 +134,7 @@ class FitResult:
     monitor: str
     pretrained: Pretrained | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    # device, precision, channels_last, compile, threads
+    # device, precision, channels_last, compile, threads, data_path
     runtime: dict[str, Any] = field(default_factory=dict)
     type_decision: str = "argmax"
     type_prior: torch.Tensor | None = None
@@ -237,6 +241,7 @@ class TrainModule(L.LightningModule):
     # --- training
 
     def on_train_start(self) -> None:
+        reset_peak_memory(self.device)  # the peak of this run: data, model, steps
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
             if self.ema is not None:
@@ -349,6 +354,8 @@ class TrainModule(L.LightningModule):
         row["train/images_per_s"] = self._images / max(self._train_s, 1e-9)
         row["train/labeled_per_s"] = self._labeled / max(self._train_s, 1e-9)
         row["train/steps"] = float(len(self._monitors.get("loss", [])))
+        # what this run needs of a GPU it may share with other trials (0 on the CPU)
+        row["train/gpu_mem_mib"] = peak_memory_mib(self.device)
         row["time/elapsed_s"] = self.elapsed_s
         row.update(self._val_row)
         if self.monitor not in row:
@@ -479,7 +486,10 @@ def fit(
     """Train one model on ``data`` as ``config`` says; return the kept epoch's model.
 
     - ``report(row)`` gets one flat dict per epoch (``epoch``, ``train/loss``,
-      ``val/auroc``, ``train/mask_rate``, ``train/images_per_s``, ...).
+      ``val/auroc``, ``train/mask_rate``, ``train/images_per_s``, ...;
+      ``train/gpu_mem_mib``: the run's peak GPU memory so far, 0 on the CPU).
+    - ``config.data_path`` says where batches come from (the cache loader or the
+      device-resident crops, ``pipeline.train.resident``); both give the same batches.
     - ``checkpoint_dir``: ``last.pt`` is written there atomically after each epoch; when
       it exists at start, the run resumes from it and ends with the same metrics as
       an uninterrupted run.
@@ -578,24 +588,42 @@ def _fit(
             seed=derive_seed(config.seed, "sampler/unlabeled"),
         )
     step_sampler = StepSampler(labeled_sampler, unlabeled_sampler)
-    train_loader = DataLoader(
-        StepDataset(data.labeled, y, data.unlabeled if method.uses_unlabeled else None, u_y),
-        sampler=step_sampler,
-        batch_size=None,
-        num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0,
-        generator=generator(config.seed, "loader/train"),
-    )
-    val_loader = DataLoader(
-        EvalDataset(data.val, y_val),
-        batch_size=max(EVAL_BATCH, config.batch_size),
-        shuffle=False,
-        num_workers=config.num_workers,
-        collate_fn=collate_eval,
-        generator=generator(config.seed, "loader/val"),
-    )
-
+    unlabeled = data.unlabeled if method.uses_unlabeled else None
+    eval_batch = max(EVAL_BATCH, config.batch_size)
     device = resolve_device(config.device)
+    # the same draws either way: read from the cache per step, or gathered on the device
+    data_path, why = choose_data_path(config.data_path, device, data.labeled, unlabeled, data.val)
+    log.info("data path: %s (%s)", data_path, why)
+    if data_path == "device":
+        train_loader, val_loader = resident_loaders(
+            step_sampler,
+            data.labeled,
+            y,
+            data.val,
+            y_val,
+            device=device,
+            eval_batch_size=eval_batch,
+            unlabeled=unlabeled,
+            u_y=u_y,
+        )
+    else:
+        train_loader = DataLoader(
+            StepDataset(data.labeled, y, unlabeled, u_y),
+            sampler=step_sampler,
+            batch_size=None,
+            num_workers=config.num_workers,
+            persistent_workers=config.num_workers > 0,
+            generator=generator(config.seed, "loader/train"),
+        )
+        val_loader = DataLoader(
+            EvalDataset(data.val, y_val),
+            batch_size=eval_batch,
+            shuffle=False,
+            num_workers=config.num_workers,
+            collate_fn=collate_eval,
+            generator=generator(config.seed, "loader/val"),
+        )
+
     precision = resolve_precision(config.precision, device)
     channels_last = (
         config.channels_last if config.channels_last is not None else device.type == "cuda"
@@ -662,6 +690,7 @@ def _fit(
             "channels_last": channels_last,
             "compile": config.compile,
             "threads": torch.get_num_threads(),
+            "data_path": data_path,
         },
         type_decision=config.type_decision,
         type_prior=type_prior,

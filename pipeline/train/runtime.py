@@ -1,8 +1,8 @@
 """Runtime helpers shared by the training loop and the pretraining stages.
 
-Devices and precision, thread counts, seed derivation (every random stream of a run
-is derived from its seed and a stream name, never from global state) and the small
-loop the pretraining stages use.
+Devices and precision, peak GPU memory, thread counts, seed derivation (every random
+stream of a run is derived from its seed and a stream name, never from global state)
+and the small loop the pretraining stages use.
 """
 
 from __future__ import annotations
@@ -104,6 +104,21 @@ def native_cpu_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting ``device``'s peak memory afresh (nothing to do on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory this process allocated on ``device`` since the last reset, in MiB
+    (``torch.cuda.max_memory_allocated``: tensors, not the allocator's cache or the CUDA
+    context); 0 on the CPU. What a trial needs of a GPU it shares with others."""
+    if device.type != "cuda":
+        return 0.0
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
