@@ -234,19 +234,21 @@ def _run(argv):
 
 
 @pytest.mark.parametrize("strategy", ["entropy", "badge", "entropy_kmeans", "class_balanced"])
-def test_rank_unlabeled_returns_distinct_unlabeled_images(model_dir, tmp_path, strategy):
+def test_rank_unlabeled_returns_distinct_unlabeled_images(
+    model_dir, phantom_dir, tmp_path, strategy
+):
 
     out = tmp_path / "rank"
     code = _run(
         ["rank-unlabeled", str(model_dir), "--k", "5", "--strategy", strategy,
-         "--out", str(out), "--threads", "1"]
+         "--out", str(out), "--threads", "1", "--data", str(phantom_dir)]
     )  # fmt: skip
     assert code == 0
     text = (out / "to_label.csv").read_text()
     rows = list(csv.DictReader(text.splitlines()))
     assert len(rows) == 5 and [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5]
     assert len({(r["image_key"], r["laterality"]) for r in rows}) == 5
-    md = model_data(model_dir, threads=1)
+    md = model_data(model_dir, data_dir=phantom_dir, threads=1)
     salt = resolve_salt()
     unlabeled = {
         (pseudonym("image", i.file, salt), i.laterality or "") for i in md.prepared.unlabeled.items
@@ -263,9 +265,10 @@ def test_rank_unlabeled_returns_distinct_unlabeled_images(model_dir, tmp_path, s
     assert (out / "contact_sheet.png").stat().st_size > 1000
 
 
-def test_rank_unlabeled_shows_paths_only_when_asked(model_dir, tmp_path, capsys):
+def test_rank_unlabeled_shows_paths_only_when_asked(model_dir, phantom_dir, tmp_path, capsys):
     out = tmp_path / "rank"
     argv = ["rank-unlabeled", str(model_dir), "--k", "3", "--out", str(out), "--show-paths"]
+    argv += ["--data", str(phantom_dir)]
     assert _run(argv) == 0
     rows = list(csv.DictReader((out / "to_label.csv").open()))
     assert all(r["file"].startswith("dicom/") for r in rows)

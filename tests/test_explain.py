@@ -219,10 +219,28 @@ def _run(argv):
     return main(argv)
 
 
-def test_explain_cli_writes_the_gallery(binary_dir, tmp_path, capsys):
+def test_explain_cli_writes_the_gallery(binary_dir, phantom_dir, tmp_path, capsys):
     out = tmp_path / "ex"
+    data = ["--data", str(phantom_dir)]  # a model folder does not record its data's location
     assert (
         _run(["explain", str(binary_dir), "--images", "val", "--out", str(out), "--threads", "1"])
+        == 2
+    ), "without --data: the model folder does not say where its data is"
+    assert "--data DIR" in capsys.readouterr().err
+    assert (
+        _run(
+            [
+                "explain",
+                str(binary_dir),
+                "--images",
+                "val",
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+                *data,
+            ]
+        )
         == 0
     )
     for name in ("gallery.png", "gallery.html", "explain.json"):
@@ -242,7 +260,7 @@ def test_explain_schatzker_with_lrp_and_loose_files(schatzker_dir, phantom_dir, 
     out = tmp_path / "lrp"
     code = _run(
         ["explain", str(schatzker_dir), "--images", "train", "--method", "lrp",
-         "--out", str(out), "--n", "2", "--threads", "1"]
+         "--out", str(out), "--n", "2", "--threads", "1", "--data", str(phantom_dir)]
     )  # fmt: skip
     assert code == 0 and (out / "gallery.png").is_file()
     summary = json.loads((out / "explain.json").read_text())
@@ -272,8 +290,8 @@ def test_final_report_includes_the_gallery(binary_dir):
     assert "gallery.html" in metrics["files"] and "gallery_html" not in metrics
 
 
-def test_explain_dataset_scores_every_fractured_crop(binary_dir, tmp_path):
-    md = model_data(binary_dir, threads=1)
+def test_explain_dataset_scores_every_fractured_crop(binary_dir, phantom_dir, tmp_path):
+    md = model_data(binary_dir, data_dir=phantom_dir, threads=1)
     p = md.prepared
     fractured = [i for s in (p.train, p.val, p.test) for i in s.items if i.label > 0]
     dataset = CachedRadiographs(fractured, p.index)

@@ -457,7 +457,7 @@ def test_run_trial_stops_at_a_diverged_report_and_keeps_oom_as_the_cause(
     def fit(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
 
-    monkeypatch.setattr("pipeline.train.fit", fit)
+    monkeypatch.setattr("pipeline.trial.run.fit", fit)
     with pytest.raises(TrialError) as err:
         run_trial(config, None)
     assert is_out_of_memory(err.value)

@@ -56,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"acquisition strategy: {', '.join(list_strategies())} (default entropy)",
     )
     parser.add_argument("--out", type=Path, help="output folder (default MODEL_DIR/rank-unlabeled)")
-    parser.add_argument("--data", type=Path, help="data folder (default: the model's)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="the model's data folder (a model folder does not record where its data is; "
+        "not needed for a model trained on the phantom)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of random draws (default 0)")
     parser.add_argument(
         "--show-paths",

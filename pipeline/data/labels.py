@@ -171,7 +171,7 @@ class LabelTable:
         labeled = self.labeled
         classes = Counter(r.schatzker for r in labeled)
         return {
-            "csv": str(self.path) if self.path else None,
+            "csv": self.path.name if self.path else None,  # not its folder: shared in reports
             "encoding": self.encoding,
             "rows_read": self.rows_read,
             "usable_rows": len(self.rows),

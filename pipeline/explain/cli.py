@@ -42,7 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="gradcam", help="gradcam (default) or lrp")
     parser.add_argument("--n", type=int, default=6, help="images shown per group (default 6)")
     parser.add_argument("--out", type=Path, help="output folder")
-    parser.add_argument("--data", type=Path, help="data folder (default: the model's)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="the model's data folder (a model folder does not record where its data is; "
+        "not needed for a model trained on the phantom)",
+    )
     parser.add_argument(
         "--target",
         default="fracture",

@@ -29,7 +29,7 @@ from pipeline.preprocess import PreprocessConfig, build_cache
 from pipeline.registry import check_choice
 from pipeline.train import load_model
 from pipeline.train.runtime import using_threads
-from pipeline.trial import TrialConfig, prepare_data
+from pipeline.trial import LOCAL_PATH, TrialConfig, prepare_data
 
 SPLITS = ("test", "val", "train", "unlabeled")
 
@@ -78,6 +78,13 @@ def model_data(
     model, info = load_model(model_dir)
     config = read_config(model_dir)
     config["checkpoint_dir"] = None
+    if data_dir is None and config.get("data_dir") == LOCAL_PATH:
+        raise ModelFolderError(
+            f"{model_dir}: this model folder does not record where its data is (it may be "
+            "shared): give the data folder with --data DIR"
+        )
+    if config.get("cache_dir") == LOCAL_PATH:
+        config["cache_dir"] = None  # $RADSEARCH_CACHE
     if data_dir is not None:
         config["data_dir"] = str(Path(data_dir).expanduser().resolve())
         config["labels"] = None

@@ -132,7 +132,7 @@ def run_final(
         )
         test = outcome.tests[kept.name]
         paths = save_model(kept.model, out, info, example=prepared.test[0]["image"][None])
-        atomic_write_text(out / "config.yaml", _yaml(cfg.to_dict()))
+        atomic_write_text(out / "config.yaml", _yaml(cfg.public_dict()))
         write_predictions(
             out / "predictions.csv", prepared.test.items, test, kept.model.task.classes
         )
@@ -330,7 +330,8 @@ def _gallery(model: Any, prepared: Any, out: Path, *, threshold: float) -> str:
         return final_gallery(model, prepared, out, threshold=threshold)
     except Exception as e:
         log.warning("the heat-map gallery could not be drawn: %s: %s", type(e).__name__, e)
-        return f"<p>Heat-map gallery not available: {html.escape(f'{type(e).__name__}: {e}')}</p>"
+        # the report is shared: the error's kind, not its text (which may name files)
+        return f"<p>Heat-map gallery not available ({html.escape(type(e).__name__)}).</p>"
 
 
 def _yaml(obj: Any) -> str:

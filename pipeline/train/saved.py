@@ -88,6 +88,8 @@ def save_model(
     try:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+        for node in program.graph.nodes:  # source paths of this installation: not shared
+            node.meta.pop("stack_trace", None)
         buf = io.BytesIO()
         torch.export.save(program, buf)
         paths.append(atomic_write_bytes(out / EXPORT_FILE, buf.getvalue()))

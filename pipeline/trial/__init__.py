@@ -23,6 +23,8 @@ cost of one fold). With ``checkpoint_dir`` the trial leaves its model of record 
 
 from pipeline.trial.config import (
     DATA_SOURCE_KEYS,
+    LOCAL_PATH,
+    LOCAL_PATH_KEYS,
     PHANTOM_FRACTURE_RATE,
     PHANTOM_LABELED_FRACTION,
     RUNTIME_KEYS,
@@ -59,6 +61,8 @@ from pipeline.trial.run import (
 
 __all__ = [
     "DATA_SOURCE_KEYS",
+    "LOCAL_PATH",
+    "LOCAL_PATH_KEYS",
     "NOT_DICOM_SUFFIXES",
     "PHANTOM_FRACTURE_RATE",
     "PHANTOM_LABELED_FRACTION",

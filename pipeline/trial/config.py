@@ -109,6 +109,9 @@ DATA_SOURCE_KEYS = (
     "phantom_fracture_rate",
     "labeled_limit",
 )
+#: keys whose values are local folders or files, never written where results are shared
+LOCAL_PATH_KEYS = ("data_dir", "labels", "cache_dir", "checkpoint_dir")
+LOCAL_PATH = "<local path>"
 #: keys the caller of a trial sets from its own resources and folders, not a space
 RUNTIME_KEYS = ("checkpoint_dir", "threads", "preprocess_workers")
 
@@ -177,6 +180,15 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved flat configuration (every key, defaults filled in)."""
         return dict(self.flat)
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` fit to share: the data's location, the caches and the
+        checkpoints (local folders, often named after patients or studies) recorded as
+        ``<local path>``."""
+        return {
+            k: LOCAL_PATH if k in LOCAL_PATH_KEYS and v is not None else v
+            for k, v in self.flat.items()
+        }
 
 
 def _plain(value: Any) -> Any:

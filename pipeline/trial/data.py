@@ -191,7 +191,7 @@ def load_data(
     workers = workers or d.preprocess_workers or config.train.threads or 1
     data_dir = data_folder(d, workers=workers)
     if not data_dir.is_dir():
-        raise TrialError(f"data_dir {data_dir} is not a folder")
+        raise TrialError("data_dir is not a folder (data.data_dir in the space, or --data)")
     labels_csv = Path(d.labels).expanduser() if d.labels else data_dir / "labels.csv"
     table = load_labels(labels_csv, data_dir)
     pre = PreprocessConfig.from_trial(config.preprocess)
@@ -314,7 +314,9 @@ def labeled_set(
     loaded = load_data(other, workers=workers)
     chosen = [i for i in loaded.items.items if i.labeled]
     if not chosen:
-        raise TrialError(f"{data_dir}: no labeled frontal-knee image to evaluate on")
+        raise TrialError(
+            "the external data folder holds no labeled frontal-knee image to evaluate on"
+        )
     return CachedRadiographs(
         chosen,
         loaded.index,
