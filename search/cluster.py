@@ -29,8 +29,8 @@ def ray_session(
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address
-    else:
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+    else:  # a Ray of our own, never one that happens to run on this machine
+        kwargs.update(address="local", include_dashboard=False, num_cpus=num_cpus)
     try:
         ray.init(**kwargs)
     except ConnectionError as e:

@@ -237,17 +237,18 @@ def strong_augment(
     choice = torch.randint(0, len(names), (n_ops, n), generator=g)
     magnitude = torch.rand(n_ops, n, generator=g)
     sign = _signs(g, n_ops * n).view(n_ops, n)
-    noise = torch.randn((n_ops, *x.shape), generator=g)  # (n_ops, B, C, H, W), used by "noise"
     for r in range(n_ops):
         out = x.clone()
         for k, name in enumerate(names):
             rows = torch.nonzero(choice[r] == k).flatten()
             if len(rows) == 0 or name == "identity":
                 continue
-            sub = x[rows.to(x.device)]
-            out[rows.to(x.device)] = RANDAUGMENT_OPS[name](
-                sub, magnitude[r, rows], sign[r, rows], noise[r, rows]
-            ).clamp(0.0, 1.0)
+            # Gaussian noise only for the rows that draw it: (rows, C, H, W)
+            noise = torch.randn((len(rows), *x.shape[1:]), generator=g) if name == "noise" else None
+            at = rows.to(x.device)
+            out[at] = RANDAUGMENT_OPS[name](x[at], magnitude[r, rows], sign[r, rows], noise).clamp(
+                0.0, 1.0
+            )
         x = out
     if cutout_size[1] > 0:
         x = cutout(x, g, size=cutout_size)
