@@ -298,9 +298,14 @@ def choose(candidates: list[Candidate], prepared: Any, *, why_not: str | None) -
             f"the best trial's model leads on validation {metric} by {diff:.3f} "
             f"(> {KEEP_MARGIN_SE:g} x {se:.3f})"
         )
+    elif diff <= 0:
+        decision["reason"] = (
+            f"the final model scores {-diff:.3f} higher than the best trial's model on "
+            f"validation {metric}"
+        )
     else:
         decision["reason"] = (
-            f"the best trial's model leads on validation {metric} by {diff:+.3f}, within "
+            f"the best trial's model leads on validation {metric} by {diff:.3f}, within "
             f"{KEEP_MARGIN_SE:g} x {se:.3f}: not clearly better (its validation score is the "
             "one the search picked it by)"
         )
