@@ -29,7 +29,7 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "pipeline.train.config",
     "Evaluation": "pipeline.train.loop",
     "FitResult": "pipeline.train.loop",
-    "TrainError": "pipeline.train.loop",
+    "TrainError": "pipeline.train.module",
     "evaluate": "pipeline.train.loop",
     "fit": "pipeline.train.loop",
     "predict": "pipeline.train.loop",
