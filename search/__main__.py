@@ -177,7 +177,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: Any) -> int:
-    from search.experiment import resume_command
+    from search.statefiles import resume_command
 
     path = result.path
     try:
@@ -260,9 +260,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from search.experiment import resume_command
     from search.progress import Progress
     from search.runner import open_experiment
+    from search.statefiles import resume_command
 
     folder = open_experiment(args.experiment)
     space = folder.space()
@@ -358,7 +358,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from search.experiment import ExperimentError
+    from search.statefiles import ExperimentError
 
     try:
         return COMMANDS[args.command](args)

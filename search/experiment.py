@@ -39,27 +39,36 @@ file and its rename; ``save_state``, ``write_tables``: just before those writes)
 from __future__ import annotations
 
 import contextlib
-import csv
-import errno
-import io
 import json
 import os
 import secrets
-import shutil
-import signal
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 import pipeline
-from search.privacy import ADDRESS, public, public_command, public_text, stow_wandb_logs
+from search.privacy import ADDRESS, public_command, public_text, stow_wandb_logs
 from search.sections import DataSection
 from search.space import SpaceConfig
+from search.statefiles import (
+    DataLocationUnknown,
+    ExperimentError,
+    ExperimentLocked,
+    disk_full_is_clear,
+    display_path,
+    fault_point,
+    now_iso,
+    resume_command,
+)
+from search.tables import (
+    QUEUED,
+    RUNNING,
+    TrialTables,
+)
 from search.values import finite
 
 if TYPE_CHECKING:
@@ -83,105 +92,6 @@ SESSIONS_FILE = "sessions.json"
 LOCAL_KEYS = ("data_dir", "labels", "cache_dir")
 REQUIRED_LOCAL_KEYS = ("data_dir", "labels")
 
-#: trial statuses in ``experiment.json`` / ``trials.csv``
-QUEUED, RUNNING, COMPLETED, FAILED, EARLY_STOPPED, INTERRUPTED = (
-    "queued",
-    "running",
-    "completed",
-    "failed",
-    "early_stopped",
-    "interrupted",
-)
-FINISHED_STATUSES = (COMPLETED, FAILED, EARLY_STOPPED)
-
-
-class ExperimentError(RuntimeError):
-    """A problem with an experiment folder (missing, locked, already exists, ...)."""
-
-
-class ExperimentLocked(ExperimentError):
-    """Another driver holds the experiment's lock."""
-
-
-class DataLocationUnknown(ExperimentError):
-    """The experiment ran on a data folder whose location this machine does not know
-    (the folder was copied without ``results/.local``): give it again with ``--data``."""
-
-
-class ExperimentDiskFull(ExperimentError):
-    """The disk under the experiment folder is full: a state file could not be written.
-
-    The file it was replacing is untouched (writes are atomic), so the folder keeps its
-    last good state and ``resume`` continues from it once there is space again.
-    """
-
-
-#: errno values that mean "no space left" (a full disk or an exhausted quota)
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-_KILL_COUNTS: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """SIGKILL this process at the N-th pass through ``name`` when
-    ``RADSEARCH_TEST_KILL_AT=name:N`` is set (tests of crash safety); else nothing."""
-    spec = os.environ.get("RADSEARCH_TEST_KILL_AT")
-    if not spec:
-        return
-    point, _, count = spec.rpartition(":")
-    if point != name:
-        return
-    _KILL_COUNTS[name] = _KILL_COUNTS.get(name, 0) + 1
-    if str(_KILL_COUNTS[name]) == count.strip():
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-@contextlib.contextmanager
-def disk_full_is_clear(path: Path, folder: Path | None = None) -> Iterator[None]:
-    """Turn "no space left on device" while writing ``path`` into an
-    :class:`ExperimentDiskFull` that says where, how much is free and what to do."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in _DISK_FULL:
-            raise
-        where = path.parent
-        free = ""
-        with contextlib.suppress(OSError):
-            free = f" ({_bytes(shutil.disk_usage(where).free)} free there)"
-        what = "the disk quota is exhausted" if e.errno == errno.EDQUOT else "the disk is full"
-        kept = ""
-        if folder is not None:
-            kept = (
-                f"; the last good state of {_display(folder)} is kept. Free some space, then "
-                f"continue with `{resume_command(folder)}`"
-            )
-        raise ExperimentDiskFull(f"{what}: could not write {_display(path)}{free}{kept}") from e
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def resume_command(path: str | os.PathLike[str]) -> str:
-    """The exact command that continues an experiment."""
-    return f"python -m search resume {_display(Path(path))}"
-
-
-def _display(path: Path) -> str:
-    """``path`` for the terminal: relative to the working folder when it is inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
 
 def _source_name(source: str) -> str:
     """The space file as recorded: a path relative to the working folder as given, else
@@ -194,7 +104,7 @@ def _source_name(source: str) -> str:
     return source
 
 
-class ExperimentFolder:
+class ExperimentFolder(TrialTables):
     """Reads and writes one experiment folder; the driver is its only writer."""
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -263,7 +173,7 @@ class ExperimentFolder:
 
     @property
     def display(self) -> str:
-        return _display(self.path)
+        return display_path(self.path)
 
     @property
     def exists(self) -> bool:
@@ -497,7 +407,7 @@ class ExperimentFolder:
         give = "--data DIR --labels CSV" if "labels" in self.state["local_keys"] else "--data DIR"
         raise DataLocationUnknown(
             f"{self.display} ran on a data folder whose location is kept beside the experiment "
-            f"folder, in {_display(self.local_dir / PATHS_FILE)}, and this machine has none "
+            f"folder, in {display_path(self.local_dir / PATHS_FILE)}, and this machine has none "
             f"(the folder was copied without results/{LOCAL_DIR}): say where the data is with "
             f"`python -m search resume {self.display} {give}`"
         )
@@ -748,149 +658,4 @@ class ExperimentFolder:
             if isinstance(value, str):
                 value = self.public_text(value)
             out[key] = value
-        return out
-
-    # ---- tables ---------------------------------------------------------------------
-    def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per trial (the rows of trials.csv), by trial index."""
-        try:
-            space = self.space()
-            param_names = [p.name for p in space.parameters.searched]
-            objective = space.objective.metrics
-        except (OSError, ValueError):
-            param_names, objective = [], ()
-        rows = []
-        for index, rec in sorted(self.trials.items()):
-            row: dict[str, Any] = {"trial": index, "status": rec.get("status")}
-            for name in param_names:
-                row[name] = rec.get("params", {}).get(name)
-            for name, value in rec.get("params", {}).items():
-                row.setdefault(name, value)
-            metrics = rec.get("metrics") or {}
-            if not metrics and rec.get("status") in (EARLY_STOPPED, RUNNING, FAILED):
-                metrics = rec.get("last") or {}
-            for name in objective:
-                row[name] = metrics.get(name)
-            for name in sorted(metrics):
-                if name not in row and "/" in name:
-                    row[name] = metrics[name]
-            row.update(
-                {
-                    "epochs": rec.get("epochs", 0),
-                    "duration_s": rec.get("duration_s"),
-                    "node": rec.get("node"),
-                    "session": rec.get("session"),
-                    "attempts": rec.get("attempts", 0),
-                    "retries": rec.get("retries", 0),
-                    "reduced_batch_size": rec.get("reduced_batch_size"),
-                    "started": rec.get("started"),
-                    "ray_trial": rec.get("ray_trial"),
-                    "stop_reason": rec.get("stop_reason"),
-                    "retry_reason": rec.get("retry_reason"),
-                    "error": rec.get("error"),
-                }
-            )
-            rows.append(row)
-        return rows
-
-    def write_tables(self) -> None:
-        """Rewrite trials.csv and best.yaml from the state (atomically)."""
-        fault_point("write_tables")
-        rows = self.rows()
-        columns: list[str] = []
-        for row in rows:
-            for key in row:
-                if key not in columns:
-                    columns.append(key)
-        tail = [
-            "epochs",
-            "duration_s",
-            "node",
-            "session",
-            "attempts",
-            "retries",
-            "reduced_batch_size",
-            "started",
-            "ray_trial",
-            "stop_reason",
-            "retry_reason",
-            "error",
-        ]
-        columns = [c for c in columns if c not in tail] + [c for c in tail if c in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(
-            buf, fieldnames=columns or ["trial", "status"], extrasaction="ignore"
-        )
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        with disk_full_is_clear(self.trials_csv, self.path):
-            pipeline.atomic_write_text(self.trials_csv, buf.getvalue())
-        best = self.best()
-        if best is not None:  # without local paths (the folder may be shared)
-            with disk_full_is_clear(self.best_path, self.path):
-                pipeline.atomic_write_text(
-                    self.best_path, yaml.safe_dump(public(best), sort_keys=False)
-                )
-
-    def best(self) -> dict[str, Any] | None:
-        """The best completed trial that meets every outcome constraint (observed values);
-        its ``config`` has the data location this machine knows (``best.yaml`` has none)."""
-        try:
-            space = self.space()
-        except (OSError, ValueError):
-            return None
-        objective = space.objective
-        best_index, best_value = None, None
-        for index, rec in sorted(self.trials.items()):
-            if rec.get("status") != COMPLETED:
-                continue
-            metrics = rec.get("metrics") or {}
-            value = metrics.get(objective.metric)
-            if not finite(value):
-                continue
-            if not all(c.satisfied(metrics.get(c.metric)) for c in objective.constraints):
-                continue
-            if best_value is None or objective.better(value, best_value):
-                best_index, best_value = index, value
-        if best_index is None:
-            return None
-        rec = self.trials[best_index]
-        config = {**space.trial_base(), **rec.get("params", {})}
-        return {
-            "experiment": self.name,
-            "trial": best_index,
-            "objective": {
-                "metric": objective.metric,
-                "direction": objective.direction,
-                "value": best_value,
-                **(
-                    {"sem": sem}
-                    if finite(sem := rec.get("metrics", {}).get(f"{objective.metric}_sem"))
-                    else {}
-                ),
-            },
-            "metrics": rec.get("metrics", {}),
-            "parameters": rec.get("params", {}),
-            "config": config,
-            "epochs": rec.get("epochs"),
-            "ray_trial": rec.get("ray_trial"),
-        }
-
-    def history(self) -> list[dict[str, Any]]:
-        """Every per-epoch report (a torn last line from a killed driver is skipped)."""
-        if not self.history_path.is_file():
-            return []
-        out = []
-        for line in self.history_path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for rec in self.trials.values():
-            out[rec.get("status", "?")] = out.get(rec.get("status", "?"), 0) + 1
         return out

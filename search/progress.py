@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from search.experiment import COMPLETED, EARLY_STOPPED, FAILED, ExperimentFolder
+from search.experiment import ExperimentFolder
 from search.space import SpaceConfig
+from search.tables import COMPLETED, EARLY_STOPPED, FAILED
 
 _STYLE = {
     COMPLETED: "green",

@@ -26,8 +26,9 @@ import wandb
 import yaml
 
 import pipeline
-from search.experiment import ExperimentFolder, now_iso
+from search.experiment import ExperimentFolder
 from search.privacy import make_files_public
+from search.statefiles import now_iso
 from search.tracking import TrackingSetup, TrialRun
 from search.values import finite
 from search.worker import MODEL_FILE

@@ -30,9 +30,10 @@ from scipy.stats import spearmanr
 
 import pipeline
 from search.axclient import ax_metric_name, quiet_ax
-from search.experiment import COMPLETED, EARLY_STOPPED, ExperimentFolder
+from search.experiment import ExperimentFolder
 from search.parameters import ChoiceParameter, RangeParameter
 from search.space import SpaceConfig
+from search.tables import COMPLETED, EARLY_STOPPED
 from search.values import finite
 
 log = logging.getLogger(__name__)

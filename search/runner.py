@@ -50,29 +50,16 @@ import pipeline
 from search.axclient import ax_metric_name, ax_trial_statuses, build_client, quiet_ax
 from search.cluster import cluster_nodes, fit_concurrency, ray_session
 from search.errors import SearchError
-from search.experiment import (
-    AX_FILE,
-    COMPLETED,
-    EARLY_STOPPED,
-    FAILED,
-    INTERRUPTED,
-    LOCK_FILE,
-    LOCK_OWNER_FILE,
-    QUEUED,
-    RUNNING,
-    ExperimentDiskFull,
-    ExperimentError,
-    ExperimentFolder,
-    now_iso,
-    resume_command,
-)
+from search.experiment import AX_FILE, LOCK_FILE, LOCK_OWNER_FILE, ExperimentFolder
 from search.noise import prepared_warning
 from search.progress import Progress
 from search.proposers import make_proposer
 from search.report import write_report
 from search.searcher import AxSearcher, observation
 from search.space import SpaceConfig, load_space
+from search.statefiles import ExperimentDiskFull, ExperimentError, now_iso, resume_command
 from search.stopping import build_scheduler
+from search.tables import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED, QUEUED, RUNNING
 from search.tracking import TrackingSetup, log_summary_run
 from search.tuner import build_tuner
 from search.values import finite

@@ -26,9 +26,10 @@ from test_trial import TINY  # the tiny trial of the trial tests
 
 from search.cluster import fit_concurrency
 from search.errors import SearchError
-from search.experiment import ExperimentDiskFull, ExperimentFolder, ExperimentLocked
+from search.experiment import ExperimentFolder
 from search.runner import resume_search, run_search
 from search.space import SpaceConfig
+from search.statefiles import ExperimentDiskFull, ExperimentLocked
 from search.worker import divergence, is_out_of_memory, load_trainable
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import yaml
 from ray.tune.search import Searcher
 
 from search.cluster import fit_concurrency
-from search.experiment import ExperimentError, ExperimentFolder, ExperimentLocked
+from search.experiment import ExperimentFolder
 from search.keys import FINAL_KEY, INDEX_KEY
 from search.runner import reconcile
 from search.searcher import (
@@ -20,6 +20,7 @@ from search.searcher import (
     build_client,
 )
 from search.space import SpaceConfig
+from search.statefiles import ExperimentError, ExperimentLocked
 
 SPACE = {
     "name": "unit",

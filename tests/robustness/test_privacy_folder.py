@@ -30,8 +30,9 @@ import pytest
 import yaml
 
 from robustness.phi import phi_strings, scan_tree
-from search.experiment import DataLocationUnknown, ExperimentFolder
+from search.experiment import ExperimentFolder
 from search.privacy import public_command, public_text
+from search.statefiles import DataLocationUnknown
 from search.tracking import TrackingSetup, TrialRun, offline_runs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
