@@ -13,7 +13,7 @@ Prints markdown tables:
    radiograph size (``--realistic-size``, 2500 px: what decoding costs on real
    files), then on the main phantom (at 512 px a decode takes about a millisecond
    and the steps' fixed per-image costs, ~5 ms, dominate); target: at most 2x;
-3. knee localisation on the knee images (frontal, lateral, all): mean IoU against
+3. knee localisation on the knee images (``--only localization``: this table alone) (frontal, lateral, all): mean IoU against
    the phantom's boxes, failure rate (IoU < 0.5 or a missed knee), bilateral
    images split into the right knees, laterality right, centre-crop fallbacks; and
    the boxes of the crop-first path the cache build uses, over every knee image.
@@ -68,6 +68,95 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def localization_quality(data: Path, config, n: int) -> tuple[str, dict]:
+    """Section 3 of the tables: knee localisation against the phantom's boxes (markdown,
+    figures), for every knee image of ``data`` with the chain ``config``."""
+    # imported here as main() imports: after the thread limits are set
+    from pipeline.preprocess.cropfirst import preprocess_file
+    from pipeline.preprocess.localizer_train import evaluate_localizer, load_truth, match_knees
+
+    t = time.perf_counter()
+    by_view = {v: evaluate_localizer(data, view=v) for v in ("ap", "lat")}
+    t_loc = time.perf_counter() - t
+    knees = sum(r["knees"] for r in by_view.values())
+    combined = {
+        "images": sum(r["images"] for r in by_view.values()),
+        "knees": knees,
+        "mean_iou": sum(r["mean_iou"] * r["knees"] for r in by_view.values()) / knees,
+        "median_iou": float("nan"),
+        "failure_rate": sum(r["failure_rate"] * r["knees"] for r in by_view.values()) / knees,
+        "bilateral_images": sum(r["bilateral_images"] for r in by_view.values()),
+        "bilateral_correct": sum(r["bilateral_correct"] for r in by_view.values()),
+        "laterality_accuracy": sum(r["laterality_accuracy"] * r["knees"] for r in by_view.values())
+        / knees,
+        "fallbacks": sum(r["fallbacks"] for r in by_view.values()),
+    }
+    # the boxes the cache stores (crop-first), against the same truth
+    cf_ious: list[float] = []
+    for v in ("ap", "lat"):
+        for t in load_truth(data, view=v):
+            crops, _ = preprocess_file(data / t.file, config)
+            cf_ious += match_knees(t.knees, [(c.laterality, c.box) for c in crops])
+    crop_first = {
+        "images": combined["images"],
+        "knees": len(cf_ious),
+        "mean_iou": sum(cf_ious) / len(cf_ious),
+        "median_iou": sorted(cf_ious)[len(cf_ious) // 2],
+        "failure_rate": sum(i < 0.5 for i in cf_ious) / len(cf_ious),
+    }
+    figures = {**by_view, "all": combined, "crop_first": crop_first}
+    rows = []
+    for name, r in (
+        ("frontal (AP)", by_view["ap"]),
+        ("lateral", by_view["lat"]),
+        ("all knee images", combined),
+    ):
+        rows.append(
+            [
+                name,
+                str(r["images"]),
+                str(r["knees"]),
+                f"{r['mean_iou']:.3f}",
+                "-" if r["median_iou"] != r["median_iou"] else f"{r['median_iou']:.3f}",
+                f"{100 * r['failure_rate']:.1f}%",
+                f"{r['bilateral_correct']}/{r['bilateral_images']}",
+                f"{100 * r['laterality_accuracy']:.1f}%",
+                str(r["fallbacks"]),
+            ]
+        )
+    r = crop_first
+    rows.append(
+        [
+            "all, crop-first (cache build)",
+            str(r["images"]),
+            str(r["knees"]),
+            f"{r['mean_iou']:.3f}",
+            f"{r['median_iou']:.3f}",
+            f"{100 * r['failure_rate']:.1f}%",
+            "-",
+            "-",
+            "-",
+        ]
+    )
+    quality = table(
+        f"Knee localisation against the phantom's boxes ({n} images)",
+        [
+            "view",
+            "images",
+            "knees",
+            "mean IoU",
+            "median IoU",
+            "failures (IoU < 0.5)",
+            "bilateral split right",
+            "laterality right",
+            "centre-crop fallbacks",
+        ],
+        rows,
+    )
+    quality += f"\n(target: mean IoU >= 0.85, failures < 2%; evaluated in {t_loc:.1f} s)\n"
+    return quality, figures
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="a phantom folder (default: generate one)")
@@ -85,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--realistic-size", type=int, default=2500, help="its long side (default 2500)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument(
+        "--only",
+        choices=("all", "localization"),
+        default="all",
+        help="'localization': only the localisation table (no timings)",
+    )
     args = ap.parse_args(argv)
 
     os.environ.setdefault("RADSEARCH_SALT", "benchmark-salt")
@@ -97,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.dicom import read_radiograph
     from pipeline.preprocess import PreprocessConfig, build_cache
     from pipeline.preprocess.chain import start_work
-    from pipeline.preprocess.localizer_train import evaluate_localizer
     from pipeline.preprocess.steps import STEPS
 
     tmp = Path(tempfile.mkdtemp(prefix="radsearch-bench-preprocess-"))
@@ -114,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         files = sorted((data / "dicom").glob("*.dcm"))
         n = len(files)
         config = PreprocessConfig.from_trial({"image_size": args.image_size})
+        if args.only == "localization":
+            print(localization_quality(data, config, n)[0])
+            return 0
         figures: dict = {
             "images": n,
             "config": config.to_dict(),
@@ -273,90 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             text, figures["syntax_realistic"] = per_syntax_table(groups, args.realistic_size)
             per_syntax = text + "\n" + per_syntax
 
-        # 5. localisation quality, per view and over every knee image
-        t = time.perf_counter()
-        by_view = {v: evaluate_localizer(data, view=v) for v in ("ap", "lat")}
-        t_loc = time.perf_counter() - t
-        knees = sum(r["knees"] for r in by_view.values())
-        combined = {
-            "images": sum(r["images"] for r in by_view.values()),
-            "knees": knees,
-            "mean_iou": sum(r["mean_iou"] * r["knees"] for r in by_view.values()) / knees,
-            "median_iou": float("nan"),
-            "failure_rate": sum(r["failure_rate"] * r["knees"] for r in by_view.values()) / knees,
-            "bilateral_images": sum(r["bilateral_images"] for r in by_view.values()),
-            "bilateral_correct": sum(r["bilateral_correct"] for r in by_view.values()),
-            "laterality_accuracy": sum(
-                r["laterality_accuracy"] * r["knees"] for r in by_view.values()
-            )
-            / knees,
-            "fallbacks": sum(r["fallbacks"] for r in by_view.values()),
-        }
-        # the boxes the cache stores (crop-first), against the same truth
-        from pipeline.preprocess.localizer_train import load_truth, match_knees
-
-        cf_ious: list[float] = []
-        for v in ("ap", "lat"):
-            for t in load_truth(data, view=v):
-                crops, _ = preprocess_file(data / t.file, config)
-                cf_ious += match_knees(t.knees, [(c.laterality, c.box) for c in crops])
-        crop_first = {
-            "images": combined["images"],
-            "knees": len(cf_ious),
-            "mean_iou": sum(cf_ious) / len(cf_ious),
-            "median_iou": sorted(cf_ious)[len(cf_ious) // 2],
-            "failure_rate": sum(i < 0.5 for i in cf_ious) / len(cf_ious),
-        }
-        figures["localization"] = {**by_view, "all": combined, "crop_first": crop_first}
-        rows = []
-        for name, r in (
-            ("frontal (AP)", by_view["ap"]),
-            ("lateral", by_view["lat"]),
-            ("all knee images", combined),
-        ):
-            rows.append(
-                [
-                    name,
-                    str(r["images"]),
-                    str(r["knees"]),
-                    f"{r['mean_iou']:.3f}",
-                    "-" if r["median_iou"] != r["median_iou"] else f"{r['median_iou']:.3f}",
-                    f"{100 * r['failure_rate']:.1f}%",
-                    f"{r['bilateral_correct']}/{r['bilateral_images']}",
-                    f"{100 * r['laterality_accuracy']:.1f}%",
-                    str(r["fallbacks"]),
-                ]
-            )
-        r = crop_first
-        rows.append(
-            [
-                "all, crop-first (cache build)",
-                str(r["images"]),
-                str(r["knees"]),
-                f"{r['mean_iou']:.3f}",
-                f"{r['median_iou']:.3f}",
-                f"{100 * r['failure_rate']:.1f}%",
-                "-",
-                "-",
-                "-",
-            ]
-        )
-        quality = table(
-            f"Knee localisation against the phantom's boxes ({n} images)",
-            [
-                "view",
-                "images",
-                "knees",
-                "mean IoU",
-                "median IoU",
-                "failures (IoU < 0.5)",
-                "bilateral split right",
-                "laterality right",
-                "centre-crop fallbacks",
-            ],
-            rows,
-        )
-        quality += f"\n(target: mean IoU >= 0.85, failures < 2%; evaluated in {t_loc:.1f} s)\n"
+        quality, figures["localization"] = localization_quality(data, config, n)
         cpus = os.cpu_count()
         print(f"machine: {platform.platform()}, {cpus} CPUs, python {platform.python_version()}\n")
         print(speed)

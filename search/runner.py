@@ -372,10 +372,24 @@ def _prepare_data(
         f"data ready in {time.time() - t0:.0f}s: "
         + ", ".join(f"{n} {k}" for k, n in counts["splits"].items())
         + f" crops; {counts['val_fractures']} fractures among {counts['val']} validation crops"
+        + _kept_out(counts)
     )
     if warning:
         say(f"warning: {warning}")
     return warning
+
+
+def _kept_out(counts: dict[str, Any]) -> str:
+    """The files the out-of-scope decision kept out, by kind (``pipeline preprocess --data``
+    lists them with their scores), and the files whose tags disagree with their pixels."""
+    out = counts.get("out_of_scope") or {}
+    if not out:
+        return ""
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(out.items()))
+    return (
+        f"; {sum(out.values())} files out of scope by their pixels ({kinds}); "
+        f"tags and pixels disagree on {counts.get('tag_pixel_disagreements', 0)}"
+    )
 
 
 def _run_tuner(

@@ -88,6 +88,10 @@ def test_run_prepares_the_data_warns_and_finds_a_best_trial(experiment):
     assert "best: trial" in out and "(standard error)" in out
     state = json.loads((work / "results" / "t" / "experiment.json").read_text())
     assert state["data"]["val"] > 0 and state["data"]["warning"]
+    # the phantom's lateral views and other body parts are kept out by their pixels, counted
+    assert "files out of scope by their pixels (not a knee" in out
+    out_of_scope = state["data"]["out_of_scope"]
+    assert out_of_scope["other knee view"] > 0 and out_of_scope["not a knee"] > 0
     history = [
         json.loads(line) for line in (work / "results/t/history.jsonl").read_text().splitlines()
     ]

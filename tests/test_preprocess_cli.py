@@ -60,3 +60,16 @@ def test_preprocess_command_rejects_a_bad_config(tmp_path, capsys):
     bad.write_text("steps:\n  - clahe: {clipp: 2}\n")
     code = main(["preprocess", "--data", str(tmp_path / "d"), "--config", str(bad)])
     assert code == 2 and "did you mean 'clip'" in capsys.readouterr().err
+
+
+def test_preprocess_command_lists_the_files_out_of_scope(phantom_dir, tmp_path, capsys):
+    truth = [json.loads(x) for x in (phantom_dir / "truth.jsonl").read_text().splitlines() if x]
+    other = [t["file"] for t in truth if t["view"] != "AP" or t["body_part"] != "KNEE"]
+    argv = ["preprocess", "--data", str(phantom_dir), "--cache", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{len(other)} files out of scope by their pixels" in out
+    listed = [line for line in out.splitlines() if line.startswith("  out of scope: ")]
+    assert len(listed) == min(20, len(other))
+    assert all(line.split(": ")[1] in other for line in listed)
+    assert all(line.endswith(")") for line in listed)  # the decision's score

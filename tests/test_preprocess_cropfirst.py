@@ -13,7 +13,7 @@ from pipeline.preprocess import PreprocessConfig, build_cache, cropfirst, prepro
 from pipeline.preprocess.arrays import area_resize
 from pipeline.preprocess.background import analyse_background, clean_background
 from pipeline.preprocess.cropfirst import plan, preprocess_file, preprocess_raw
-from pipeline.preprocess.localizer import box_iou
+from pipeline.preprocess.hog import box_iou
 
 
 def truth_records(folder: Path) -> list[dict]:

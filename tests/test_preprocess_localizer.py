@@ -14,14 +14,8 @@ import pytest
 from pipeline.__main__ import main
 from pipeline.dicom import read_radiograph
 from pipeline.preprocess import KneeLocalizer, PreprocessConfig, PreprocessWarning, preprocess
-from pipeline.preprocess.localizer import (
-    DIM,
-    WEIGHTS_FILE,
-    box_iou,
-    hog_grid,
-    window_features,
-    window_scores,
-)
+from pipeline.preprocess.hog import DIM, box_iou, hog_grid, window_features, window_scores
+from pipeline.preprocess.localizer import WEIGHTS_FILE
 from pipeline.preprocess.localizer_train import evaluate_localizer, load_truth, prepare
 
 

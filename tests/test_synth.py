@@ -19,7 +19,14 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pipeline.__main__ import main
 from pipeline.dicom import read_radiograph
 from pipeline.registry import UnknownNameError
-from pipeline.synth import LABEL_COLUMNS, TRANSFER_SYNTAXES, generate, write_dicom
+from pipeline.synth import (
+    ALL_OTHER_PARTS,
+    LABEL_COLUMNS,
+    TRANSFER_SYNTAXES,
+    generate,
+    write_dicom,
+    write_secondary_capture,
+)
 from pipeline.synth.dataset import render
 from pipeline.synth.plan import plan_dataset
 
@@ -409,3 +416,119 @@ def test_reader_reads_every_synthetic_file(phantom, truth, headers):
         if record["view"] == "AP":
             for knee in record["knees"]:
                 assert bone_brighter_than_soft_tissue(rad.image, knee["box"]), record["file"]
+
+
+# --------------------------------------------------------------------------- other parts, clinical
+
+
+def test_default_phantom_is_the_same_whatever_the_new_options_say(tmp_path):
+    """``other_parts``, ``other_share`` and ``style`` at their defaults write what the
+    phantom always wrote (the demo's images do not move)."""
+
+    def digest(folder: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
+
+    generate(tmp_path / "a", 12, 9, size=128)
+    generate(
+        tmp_path / "b",
+        12,
+        9,
+        size=128,
+        other_parts=("HAND", "ANKLE"),
+        other_share=0.1,
+        style="phantom",
+    )
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+@pytest.fixture(scope="module")
+def every_part(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("synth-parts")
+    generate(out, 60, 8, size=192, other_parts=ALL_OTHER_PARTS, other_share=0.6)
+    return out, [json.loads(x) for x in (out / "truth.jsonl").read_text().splitlines()]
+
+
+def test_other_parts_draw_every_body_part_and_the_skyline_view(every_part):
+    folder, records = every_part
+    kinds = Counter((r["body_part"], r["view"]) for r in records if not r["knees"])
+    assert {("HIP", "OTHER"), ("CHEST", "OTHER"), ("KNEE", "SKYLINE")} <= set(kinds)
+    assert {("HAND", "OTHER"), ("ANKLE", "OTHER")} <= set(kinds)
+    for r in records:
+        if r["view"] in ("OTHER", "SKYLINE"):
+            rad = read_radiograph(folder / r["file"])
+            assert float(rad.image.std()) > 0.05, r["file"]  # something is drawn
+            tags = pydicom.dcmread(folder / r["file"], stop_before_pixels=True)
+            if r["view"] == "SKYLINE" and "ViewPosition" in tags:
+                assert tags.ViewPosition in ("AXIAL", "SKYLINE", "TANGENTIAL")
+    summary = json.loads((folder / "synth.json").read_text())
+    assert summary["parameters"]["other_parts"] == list(ALL_OTHER_PARTS)
+
+
+def test_unknown_parts_and_styles_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="other_parts must be names from"):
+        generate(tmp_path, 4, 1, size=128, other_parts=["ELBOW"])
+    with pytest.raises(UnknownNameError, match="style"):
+        generate(tmp_path, 4, 1, size=128, style="clinicall")
+    with pytest.raises(ValueError, match="other_share"):
+        generate(tmp_path, 4, 1, size=128, other_share=0.95)
+
+
+@pytest.fixture(scope="module")
+def clinical(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("synth-clinical")
+    generate(out, 60, 12, size=256, other_parts=ALL_OTHER_PARTS, other_share=0.3, style="clinical")
+    return out, [json.loads(x) for x in (out / "truth.jsonl").read_text().splitlines()]
+
+
+def test_clinical_style_frames_and_marks_images_as_archives_do(clinical):
+    folder, records = clinical
+    seen = Counter(k for r in records for k in r["clinical"])
+    for change in ("crop", "text", "secondary_capture", "shutter"):
+        assert seen[change] > 0, seen
+    for r in records:
+        ds = pydicom.dcmread(folder / r["file"])
+        rows, cols = r["shape"]
+        assert (ds.Rows, ds.Columns) == (rows, cols)
+        for knee in r["knees"]:  # truth boxes follow the crop and the second view
+            x0, y0, x1, y1 = knee["box"]
+            assert 0 <= x0 < x1 < cols and 0 <= y0 < y1 < rows, (r["file"], knee["box"])
+        if r["clinical"].get("secondary_capture"):
+            assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.BitsStored == 8
+        rad = read_radiograph(folder / r["file"])
+        assert rad.image.shape == (rows, cols)
+
+
+def test_a_second_view_sits_beside_the_frontal_knee(tmp_path):
+    records = []
+    for seed in range(20, 40):
+        generate(tmp_path / str(seed), 6, seed, size=192, style="clinical")
+        lines = (tmp_path / str(seed) / "truth.jsonl").read_text().splitlines()
+        records += [json.loads(x) for x in lines]
+        two = [r for r in records if "second_view" in r["clinical"]]
+        if two:
+            break
+    r = two[0]
+    rows, cols = r["shape"]
+    assert cols > rows * 1.3  # two panels side by side
+    assert r["clinical"]["second_view"]["view"] in ("LAT", "SKYLINE")
+
+
+def test_write_secondary_capture_converts_rgb_exports(tmp_path):
+    rgb = np.zeros((40, 30, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    path = write_secondary_capture(tmp_path / "x.dcm", rgb, fields={"BodyPartExamined": "KNEE"})
+    ds = pydicom.dcmread(path)
+    assert (
+        ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+        and ds.PhotometricInterpretation == "MONOCHROME2"
+    )
+    assert ds.BitsStored == 8 and ds.BodyPartExamined == "KNEE"
+    grey = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)
+    assert int(ds.pixel_array[0, 0]) == grey
+    assert read_radiograph(path).image[0, 0] == pytest.approx(grey / 255, abs=1e-6)
+    with pytest.raises(ValueError, match="uint8"):
+        write_secondary_capture(tmp_path / "y.dcm", rgb.astype(np.float32))

@@ -14,11 +14,15 @@ from typing import TYPE_CHECKING
 
 from pipeline._lazy import lazy_exports
 from pipeline.data.items import (
+    OUT_OF_SCOPE,
+    SCOPE_POLICIES,
+    Disagreement,
     Excluded,
     Item,
     ItemSet,
     build_items,
     items_from_entries,
+    scope_verdict,
     split_units,
 )
 from pipeline.data.labels import (
@@ -37,9 +41,12 @@ if TYPE_CHECKING:
     from pipeline.data.datasets import CachedRadiographs, collate
 
 __all__ = [
+    "OUT_OF_SCOPE",
+    "SCOPE_POLICIES",
     "Adjudication",
     "Assignment",
     "CachedRadiographs",
+    "Disagreement",
     "Excluded",
     "Item",
     "ItemSet",
@@ -56,6 +63,7 @@ __all__ = [
     "items_from_entries",
     "load_labels",
     "make_splits",
+    "scope_verdict",
     "split_units",
     "view_kind",
 ]

@@ -3,7 +3,9 @@
 Reads only DICOM headers (no pixel decoding), so it runs in seconds on a large folder.
 The split is made from the same units a trial uses (one per labeled row, plus one per
 unlabeled file, see :func:`pipeline.data.split_units`), so for the same data, labels
-and settings it matches the trial's split.
+and settings it matches the split of a trial that filters views by their tags
+(``scope_policy: tags``). A trial's default also decides every image from its pixels,
+which needs them decoded: ``python -m pipeline preprocess`` makes and lists that decision.
 """
 
 from __future__ import annotations
@@ -189,6 +191,10 @@ def main(args: argparse.Namespace) -> int:
         f"images: {len(metas)} readable, {len(unreadable)} unreadable; view filter keeps {frontal}"
     )
     _print_view_reasons(checks.values())
+    print(
+        "  (tags only: a trial also decides every image from its pixels, scope_policy 'pixels' "
+        "by default; `python -m pipeline preprocess --data DIR` lists the files it keeps out)"
+    )
     for line in unreadable[: args.max_problems or None]:
         print(f"  unreadable: {line}")
     unused = _unused_label_rows(table, metas, checks, args.max_problems)

@@ -22,6 +22,17 @@ Joining the cache index with the label table by ``(file, laterality)``:
    preprocessed, with the cache's error when it has one; ``not_frontal``: the view
    filter flagged it; ``unmatched_laterality``).
 
+Out of scope: each cache entry carries its file's decision from the pixels (frontal
+knee, other knee view, not a knee, with a score: :mod:`pipeline.preprocess.scope`).
+``scope_policy`` (:data:`SCOPE_POLICIES`) says how it combines with the tags' view
+filter: ``pixels`` (the default: the pixels decide, whatever the tags say), ``tags``
+(the view filter alone, as before the decision existed) or ``both`` (kept only when
+both say frontal knee). A file left out is listed in ``excluded`` with its reason
+(``out of scope: not a knee (0.93)``, ``lateral view (LAT)``, ...); a file whose tags
+and pixels disagree on whether it is a frontal knee is listed in ``disagreements``
+whatever the policy. An entry without a decision (built before it existed) follows
+the tags.
+
 Two views: a frontal crop's partner is the lateral image with the same study key (and
 patient key) and the same laterality (lateral images' laterality comes from the
 header tag, else from the crop); a lateral image without laterality pairs only with a
@@ -46,6 +57,11 @@ from typing import Any
 from pipeline.data.labels import LabelProblem, LabelRow, LabelTable, normalize_file
 from pipeline.data.views import body_part_kind, is_frontal_knee, view_kind
 from pipeline.io import stable_hash
+from pipeline.registry import check_choice
+
+#: How an image's out-of-scope decision from its pixels and its DICOM tags combine
+#: (the trial key ``scope_policy``; see the module docstring).
+SCOPE_POLICIES = ("pixels", "tags", "both")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +97,18 @@ class Excluded:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Disagreement:
+    """A file whose tags and pixels disagree on whether it is a frontal knee."""
+
+    file: str
+    tags: str  # what the view filter read in the tags
+    pixels: str  # the decision from the pixels and its score
+
+    def __str__(self) -> str:
+        return f"{self.file}: tags say {self.tags}, pixels say {self.pixels}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ItemSet:
     """Crops with labels (``items``), split units, and everything left out, with reasons."""
 
@@ -88,6 +116,7 @@ class ItemSet:
     units: tuple[Item, ...]
     excluded: tuple[Excluded, ...] = ()
     problems: tuple[LabelProblem, ...] = ()
+    disagreements: tuple[Disagreement, ...] = ()
 
     def summary(self) -> dict:
         items = self.items
@@ -102,11 +131,53 @@ class ItemSet:
             "excluded_by_reason": dict(
                 sorted(Counter(e.reason.partition(" (")[0] for e in self.excluded).items())
             ),
+            "out_of_scope": sum(e.reason.startswith(OUT_OF_SCOPE) for e in self.excluded),
+            "tag_pixel_disagreements": len(self.disagreements),
             "join_problems": len(self.problems),
             "join_problems_by_reason": dict(
                 sorted(Counter(p.reason for p in self.problems).items())
             ),
         }
+
+
+OUT_OF_SCOPE = "out of scope: "
+
+
+def tags_say_frontal(meta: Mapping[str, Any]) -> bool | None:
+    """Whether the tags say frontal knee (True), something else (False), or nothing (None)."""
+    part, _ = body_part_kind(meta)
+    view, _ = view_kind(meta)
+    if part == "other" or view in ("lateral", "other"):
+        return False
+    if part == "knee" and view == "frontal":
+        return True
+    return None
+
+
+def scope_verdict(
+    meta: Mapping[str, Any],
+    scope: Mapping[str, Any] | None,
+    policy: str = "pixels",
+    *,
+    strict: bool = False,
+) -> tuple[bool, str, str | None]:
+    """(kept, why, what the pixels say when they disagree with the tags, else None).
+
+    ``scope``: the cache entry's decision (``in_scope``, ``reason``), or None; ``policy``
+    one of :data:`SCOPE_POLICIES`; ``strict`` as for :func:`is_frontal_knee`.
+    """
+    tags_ok, tags_why = is_frontal_knee(meta, strict=strict)
+    if scope is None:
+        return tags_ok, tags_why, None
+    pixels_ok = bool(scope.get("in_scope", True))
+    pixels_why = str(scope.get("reason", ""))
+    said = tags_say_frontal(meta)
+    disagree = pixels_why if said is not None and said != pixels_ok else None
+    if policy == "tags" or (policy == "both" and not tags_ok):
+        return tags_ok, tags_why, disagree
+    if not pixels_ok:
+        return False, OUT_OF_SCOPE + pixels_why, disagree
+    return True, pixels_why, disagree
 
 
 def relative_file(file: str | Path, data_dir: str | Path | None) -> str:
@@ -180,12 +251,15 @@ def build_items(
     *,
     data_dir: str | Path | None = None,
     strict_views: bool = False,
+    scope_policy: str = "pixels",
 ) -> ItemSet:
     """Join a preprocessing cache index with a label table (rules in the module docstring).
 
     ``index`` is a ``pipeline.preprocess.CacheIndex`` (anything with ``.entries`` of
-    ``CacheEntry``-like objects: ``file``, ``laterality``, ``meta``, ...).
+    ``CacheEntry``-like objects: ``file``, ``laterality``, ``meta``, ``scope``, ...);
+    ``scope_policy``: how the pixels' decision and the tags combine (:data:`SCOPE_POLICIES`).
     """
+    check_choice("scope_policy", scope_policy, SCOPE_POLICIES)
     if data_dir is None and table is not None:
         data_dir = table.data_dir
     by_file: dict[str, list[Any]] = defaultdict(list)
@@ -193,7 +267,9 @@ def build_items(
         by_file[relative_file(entry.file, data_dir)].append(entry)
     metas = {f: dict(ents[0].meta or {}) for f, ents in by_file.items()}
 
-    frontal, excluded, laterals = _sort_views(by_file, metas, strict_views)
+    frontal, excluded, laterals, disagreements = _sort_views(
+        by_file, metas, strict_views, scope_policy
+    )
     failed = {
         relative_file(e.file, data_dir): str(getattr(e, "reason", "") or e)
         for e in getattr(index, "errors", None) or ()
@@ -236,33 +312,50 @@ def build_items(
         units=tuple(split_units(table, metas, strict_views=strict_views)),
         excluded=tuple(excluded),
         problems=tuple(joiner.problems + joiner.unused()),
+        disagreements=tuple(disagreements),
     )
 
 
 def _sort_views(
-    by_file: Mapping[str, list[Any]], metas: Mapping[str, dict[str, Any]], strict_views: bool
-) -> tuple[dict[str, list[Any]], list[Excluded], dict[str, list[tuple[str, Any, str | None]]]]:
+    by_file: Mapping[str, list[Any]],
+    metas: Mapping[str, dict[str, Any]],
+    strict_views: bool,
+    policy: str = "pixels",
+) -> tuple[
+    dict[str, list[Any]],
+    list[Excluded],
+    dict[str, list[tuple[str, Any, str | None]]],
+    list[Disagreement],
+]:
     """(frontal knee files' entries, excluded files with why, study key -> the lateral
-    knee images of that study as (file, best entry, laterality)), files in sorted order."""
+    knee images of that study as (file, best entry, laterality), files whose tags and
+    pixels disagree), files in sorted order."""
     excluded: list[Excluded] = []
     frontal: dict[str, list[Any]] = {}
     laterals: dict[str, list[tuple[str, Any, str | None]]] = defaultdict(list)
+    disagreements: list[Disagreement] = []
     for file in sorted(by_file):
         meta = metas[file]
-        ok, reason = is_frontal_knee(meta, strict=strict_views)
+        scope = getattr(by_file[file][0], "scope", None)
+        ok, reason, pixels = scope_verdict(meta, scope, policy, strict=strict_views)
+        if pixels is not None:
+            tags = is_frontal_knee(meta, strict=strict_views)[1]
+            disagreements.append(Disagreement(file=file, tags=tags, pixels=pixels))
         if ok:
             frontal[file] = by_file[file]
             continue
         excluded.append(Excluded(file=file, reason=reason))
+        shows_knee = scope is None or policy == "tags" or bool(scope.get("knee", True))
         if (
             view_kind(meta)[0] == "lateral"
             and body_part_kind(meta)[0] != "other"
+            and shows_knee
             and meta.get("study_key")
         ):
             entry = max(by_file[file], key=lambda e: float(getattr(e, "confidence", 0.0) or 0.0))
             lat = _laterality(meta.get("laterality")) or _laterality(entry.laterality)
             laterals[str(meta["study_key"])].append((file, entry, lat))
-    return frontal, excluded, laterals
+    return frontal, excluded, laterals, disagreements
 
 
 def _pick_partner(
@@ -386,7 +479,7 @@ class _Joiner:
                 if file in self.excluded:
                     reason, why = (
                         "not_frontal",
-                        f"{file} is flagged by the view filter ({self.excluded[file]})",
+                        f"{file} is not a frontal knee ({self.excluded[file]})",
                     )
                 elif file in self.failed:
                     reason, why = (

@@ -7,11 +7,14 @@
     index = build_cache(files, config, cache_root, workers=2)
     image = index.load(index.entries[0])                    # uint16 (128, 128)
 
-Steps (``STEPS``): ``clean`` (borders, blank areas, marks outside the anatomy),
-``localize`` (HOG + linear SVM knee detector, one crop per knee), ``window``
-(percentiles), ``clahe`` (OpenCV, 16-bit, at working resolution), ``pad_square``
-(aspect-correct) and ``resize``. ``python -m pipeline preprocess`` builds the cache;
-``--sheet`` draws every step for a few images.
+Steps (``STEPS``): ``clean`` (borders, shutters, bars, blank areas, marks outside the
+anatomy), ``localize`` (HOG + linear SVM knee detector, one crop per knee; windows
+reach past the frame when the knee is cut or fills it), ``window`` (percentiles),
+``clahe`` (OpenCV, 16-bit, at working resolution), ``pad_square`` (aspect-correct) and
+``resize``. Every file is also decided from its pixels (``decide_image``: frontal knee,
+other knee view, not a knee, with a score; :mod:`pipeline.preprocess.scope`), and the
+cache keeps the decision with the crops. ``python -m pipeline preprocess`` builds the
+cache; ``--sheet`` draws every step (and the decision) for a few images.
 """
 
 from pipeline.preprocess.cache import (
@@ -29,6 +32,7 @@ from pipeline.preprocess.config import (
     StepConfig,
 )
 from pipeline.preprocess.localizer import KneeBox, KneeLocalizer
+from pipeline.preprocess.scope import SCOPES, ScopeDecision, ScopeModel, decide_image
 from pipeline.preprocess.steps import STEPS, PreprocessWarning, Work, register_step
 
 
@@ -38,6 +42,7 @@ def list_steps() -> list[str]:
 
 
 __all__ = [
+    "SCOPES",
     "STEPS",
     "TRIAL_DEFAULTS",
     "CacheEntry",
@@ -49,9 +54,12 @@ __all__ = [
     "PreprocessConfig",
     "PreprocessConfigError",
     "PreprocessWarning",
+    "ScopeDecision",
+    "ScopeModel",
     "StepConfig",
     "Work",
     "build_cache",
+    "decide_image",
     "default_cache_root",
     "list_steps",
     "preprocess",

@@ -4,7 +4,8 @@ Layout (``cache_root/<config key>/``)::
 
     config.json                     the configuration and code version (self-description)
     stat_index.json                 {absolute path: [size, mtime_ns, content hash]}
-    objects/ab/<content hash>.json        sidecar: de-identified meta and one record per crop
+    objects/ab/<content hash>.json        sidecar: de-identified meta, the out-of-scope
+                                          decision and one record per crop
     objects/ab/<content hash>-<i>.npy     crop i, uint16 (H, W)
     objects/ab/<content hash>.lock        the entry's lock file (held while it is being built)
 
@@ -36,6 +37,8 @@ import multiprocessing
 import os
 import sys
 import threading
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -54,7 +57,9 @@ from pipeline.dicom import read_meta
 from pipeline.io import atomic_write_json, cache_home, content_hash
 from pipeline.preprocess.chain import RadiographLike, preprocess
 from pipeline.preprocess.config import PREPROCESS_VERSION, PreprocessConfig
-from pipeline.preprocess.cropfirst import preprocess_file
+from pipeline.preprocess.cropfirst import process_file
+from pipeline.preprocess.scope import ScopeDecision, decide_image
+from pipeline.preprocess.steps import PreprocessWarning
 
 try:
     import fcntl  # POSIX: entry locks die with their process
@@ -85,6 +90,9 @@ class CacheEntry:
     confidence: float
     fallback: bool
     meta: dict[str, Any]  # de-identified meta of the file
+    # the file's out-of-scope decision (ScopeDecision.to_dict(): scope, score, in_scope,
+    # knee, reason); None in an entry written before the decision existed
+    scope: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,13 +128,26 @@ class CacheIndex:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def out_of_scope(self) -> list[tuple[str, str]]:
+        """(file, reason) of every file whose pixels say it is not a frontal knee."""
+        seen: dict[str, str] = {}
+        for e in self.entries:
+            if e.scope is not None and not e.scope.get("in_scope", True):
+                seen.setdefault(e.file, str(e.scope.get("reason", "out of scope")))
+        return list(seen.items())
+
     def summary(self) -> str:
-        fallbacks = sum(e.fallback for e in self.entries)
+        # out-of-scope images are no knees to find: only the kept ones count
+        fallbacks = sum(e.fallback for e in self.entries if (e.scope or {}).get("in_scope", True))
         s = self.stats
+        out = self.out_of_scope()
+        kinds = Counter(reason.partition(" (")[0] for _, reason in out)
+        detail = f" ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})" if out else ""
         return (
             f"{len(self.entries)} crops from {s.get('files', 0)} files in {self.root} "
             f"({s.get('stat_hits', 0)} unchanged, {s.get('hash_hits', 0)} found by content, "
-            f"{s.get('built', 0)} built, {len(self.errors)} unreadable, {fallbacks} centre-crop fallbacks)"
+            f"{s.get('built', 0)} built, {len(self.errors)} unreadable, {fallbacks} centre-crop fallbacks); "
+            f"{len(out)} files out of scope by their pixels{detail}"
         )
 
 
@@ -230,7 +251,12 @@ class _Store:
         return data if isinstance(data, dict) and data.get("content_hash") == sha else None
 
     def write_entry(
-        self, sha: str, crops: Sequence[Any], meta: Mapping[str, Any], salt: str
+        self,
+        sha: str,
+        crops: Sequence[Any],
+        meta: Mapping[str, Any],
+        salt: str,
+        scope: ScopeDecision | None = None,
     ) -> dict[str, Any]:
         records = []
         for i, c in enumerate(crops):
@@ -250,6 +276,7 @@ class _Store:
             "version": PREPROCESS_VERSION,
             "salt_id": salt,
             "meta": _jsonable(meta),
+            "scope": scope.to_dict() if scope is not None else None,
             "crops": records,
         }
         _write_replace(self.sidecar(sha), (json.dumps(sidecar, indent=1) + "\n").encode("utf-8"))
@@ -268,6 +295,7 @@ class _Store:
                 confidence=float(r["confidence"]),
                 fallback=bool(r["fallback"]),
                 meta=dict(sidecar["meta"]),
+                scope=sidecar.get("scope"),
             )
             for r in sidecar["crops"]
         ]
@@ -305,12 +333,12 @@ def _process(path: str, job: _Job, sha: str | None = None) -> dict[str, Any]:
             with store.lock(sha):
                 sidecar = store.read_sidecar(sha)  # built by another process meanwhile?
                 if sidecar is None:
-                    if reader is None:  # decode once, preprocess crop-first
-                        crops, meta = preprocess_file(path, config, salt=salt)
-                    else:
-                        radiograph = reader(path, salt=salt)
-                        crops, meta = preprocess(radiograph, config), radiograph.meta
-                    sidecar = store.write_entry(sha, crops, meta, sid)
+                    # an unsure localisation is recorded in the entry (``fallback``) and
+                    # counted once in the summary, not printed per file with its path
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", PreprocessWarning)
+                        crops, meta, scope = _build(path, config, salt, reader)
+                    sidecar = store.write_entry(sha, crops, meta, sid, scope)
                     how = "built"
         if sidecar.get("salt_id") != sid:  # pseudonyms from another salt: refresh the meta only
             meta = read_meta(path, salt=salt)
@@ -332,6 +360,16 @@ def _process(path: str, job: _Job, sha: str | None = None) -> dict[str, Any]:
     except Exception as e:  # recorded, never stops the build
         reason = str(e).splitlines()[0] if str(e) else repr(e)
         return {"path": path, "error": type(e).__name__, "reason": reason}
+
+
+def _build(
+    path: str, config: PreprocessConfig, salt: str | bytes | None, reader: Reader | None
+) -> tuple[list[Any], dict[str, Any], Any]:
+    """The crops, meta and out-of-scope decision of one file."""
+    if reader is None:  # decode once, preprocess crop-first
+        return process_file(path, config, salt=salt)
+    radiograph = reader(path, salt=salt)
+    return preprocess(radiograph, config), radiograph.meta, decide_image(radiograph.image)
 
 
 def _process_chunk(paths: list[tuple[str, str | None]], job: _Job) -> list[dict[str, Any]]:

@@ -9,7 +9,9 @@ not decoded again. Without
 ``--config`` the chain is that of a trial with default settings (``--image-size``
 sets its output size). ``--sheet PNG`` also draws every step of a few images.
 Unreadable files are listed at the end (and in ``--errors CSV``); they never stop
-the build. The exit status is 0 when every file was preprocessed, 1 otherwise.
+the build. Every file is also decided from its pixels (frontal knee, other knee view,
+not a knee: :mod:`pipeline.preprocess.scope`); the files that are not a frontal knee
+are counted and listed with the decision and its score. The exit status is 0 when every file was preprocessed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ def main(args: argparse.Namespace) -> int:
         data_dir=args.data,
     )
     print(index.summary())
+    out = index.out_of_scope()
+    for file, reason in out[:20]:
+        print(f"  out of scope: {file}: {reason}")
+    if len(out) > 20:
+        print(f"  ... and {len(out) - 20} more out of scope")
     for err in index.errors[:20]:
         print(f"  skipped {err.file}: {err.reason}", file=sys.stderr)
     if len(index.errors) > 20:

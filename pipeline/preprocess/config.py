@@ -32,15 +32,18 @@ import yaml
 
 from pipeline.io import sha256_file, stable_hash
 from pipeline.preprocess.localizer import weights_path
+from pipeline.preprocess.scope import scope_weights_path
 from pipeline.preprocess.steps import STEPS
 from pipeline.registry import UnknownNameError, unknown_name_message
 
 #: Bumped whenever a step's output changes for the same parameters (invalidates caches).
-PREPROCESS_VERSION = 5
+PREPROCESS_VERSION = 6
 # 3: two-stage area resizes of images of 1 megapixel or more
 # 4: crop-first cache builds (pipeline.preprocess.cropfirst): clean and localize on
 #    chain(downsample(raw)), the grey-level chain and windowing on the averaged crops only
 # 5: two-stage area resizes from 300,000 pixels and a 3x factor (knee crops of large images)
+# 6: the out-of-scope decision in every entry; a reaching localizer pass for unsure knees;
+#    shutters at any angle, corner bars and flat bars cleaned
 
 #: Trial configuration keys that map to preprocessing, with their defaults.
 TRIAL_DEFAULTS: dict[str, Any] = {
@@ -204,8 +207,10 @@ class PreprocessConfig:
         return {"steps": [s.to_dict() for s in self.steps]}
 
     def key(self) -> str:
-        """Stable 16-hex hash of what determines the output: steps, parameters, weights, version."""
-        extra = {}
+        """Stable 16-hex hash of what determines the output: steps, parameters, weights
+        (the localizer's, and the out-of-scope decision's, which every entry holds), version."""
+        scope = scope_weights_path()
+        extra = {"scope_weights": sha256_file(scope) if scope.exists() else "missing"}
         for s in self.steps:
             if s.name == "localize":
                 path = weights_path(s.params.weights)

@@ -32,6 +32,7 @@ the full-resolution path.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import warnings
@@ -45,10 +46,15 @@ import numpy as np
 
 from pipeline.dicom import RawRadiograph, parse_spacing, read_raw
 from pipeline.preprocess.arrays import area_resize, scaled_size, shrink, to_uint16
-from pipeline.preprocess.background import BackgroundAnalysis, analyse_background
+from pipeline.preprocess.background import (
+    BackgroundAnalysis,
+    BackgroundOptions,
+    analyse_background,
+)
 from pipeline.preprocess.chain import Crop, preprocess
 from pipeline.preprocess.config import PreprocessConfig, StepConfig
 from pipeline.preprocess.localizer import KneeBox, KneeLocalizer
+from pipeline.preprocess.scope import ScopeDecision, decide_preview, decide_small
 from pipeline.preprocess.steps import (
     STEPS,
     CleanParams,
@@ -151,6 +157,7 @@ def _detect(
         laterality=meta.get("laterality"),
         orientation=meta.get("patient_orientation"),
         min_confidence=p.min_confidence,
+        reach=p.reach,
     )
     out = []
     for k in knees:
@@ -207,13 +214,16 @@ def _clip(box: tuple[float, ...], shape: tuple[int, int]) -> tuple[int, int, int
     return (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
 
 
-def run_crop_first(r: RawRadiograph, p: CropFirstPlan) -> list[Work]:
-    """The chain's final items for a :class:`pipeline.dicom.RawRadiograph`, crop-first."""
+def run_crop_first(
+    r: RawRadiograph, p: CropFirstPlan, analysis: BackgroundAnalysis | None = None
+) -> list[Work]:
+    """The chain's final items for a :class:`pipeline.dicom.RawRadiograph`, crop-first.
+
+    ``analysis``: ``clean``'s analysis of the file, when the caller has made it.
+    """
     raw = r.raw
     H, W = raw.shape
-    small_raw, _ = shrink(raw, p.clean.analysis_size)
-    small = r.grey(small_raw)  # (sh, sw) float32: chain(downsample(raw))
-    a = analyse_background(small, p.clean)
+    a = analysis if analysis is not None else analyse_background(_analysis_copy(r, p), p.clean)
     region = a.region((W, H))
     spacing = parse_spacing(r.meta.get("pixel_spacing_mm"))
     x0, y0 = region[:2]
@@ -265,6 +275,10 @@ def preprocess_raw(r: RawRadiograph, config: PreprocessConfig) -> list[Crop]:
     p = plan(config)
     if p is None or not _averageable(r):
         return preprocess(_FullImage(r.grey(r.raw), r.meta, r.path), config)
+    return _crops(run_crop_first(r, p))
+
+
+def _crops(items: list[Work]) -> list[Crop]:
     return [
         Crop(
             image=to_uint16(w.image),
@@ -273,7 +287,7 @@ def preprocess_raw(r: RawRadiograph, config: PreprocessConfig) -> list[Crop]:
             confidence=float(w.confidence),
             fallback=bool(w.fallback),
         )
-        for w in run_crop_first(r, p)
+        for w in items
     ]
 
 
@@ -295,4 +309,49 @@ def preprocess_file(
     return preprocess_raw(r, config), r.meta
 
 
-__all__ = ["PIXEL_STEPS", "CropFirstPlan", "plan", "preprocess_file", "preprocess_raw"]
+def process_file(
+    path: str | os.PathLike[str], config: PreprocessConfig, *, salt: str | bytes | None = None
+) -> tuple[list[Crop], dict[str, Any], ScopeDecision]:
+    """:func:`preprocess_file`, and the out-of-scope decision from the same decode (and,
+    when the chain cleans with the default settings, from the same analysis)."""
+    r = read_raw(path, salt=salt)
+    p = plan(config)
+    if p is None or not _averageable(r) or not _default_clean(p.clean):
+        return preprocess_raw(r, config), r.meta, scope_of_raw(r)
+    small = _analysis_copy(r, p)
+    a = analyse_background(small, p.clean)
+    sh, sw = small.shape
+    return _crops(run_crop_first(r, p, a)), r.meta, decide_preview(a.preview((sw, sh)))
+
+
+def _analysis_copy(r: RawRadiograph, p: CropFirstPlan) -> np.ndarray:
+    """chain(downsample(raw)): the stored values area-averaged to ``clean``'s analysis size,
+    then the grey-level chain (float32, (sh, sw))."""
+    return r.grey(shrink(r.raw, p.clean.analysis_size)[0])
+
+
+def _default_clean(c: CleanParams) -> bool:
+    """Whether ``clean`` analyses as the out-of-scope decision does (its default settings)."""
+    return all(getattr(c, f.name) == f.default for f in dataclasses.fields(BackgroundOptions))
+
+
+def scope_of_raw(r: RawRadiograph) -> ScopeDecision:
+    """The out-of-scope decision of a decoded file, on its analysis copy (the stored
+    values area-averaged, then the grey-level chain, as the crop-first route makes it)."""
+    size = BackgroundOptions().analysis_size
+    if _averageable(r):
+        small = r.grey(shrink(r.raw, size)[0])
+    else:
+        small, _ = shrink(r.grey(r.raw), size)
+    return decide_small(small)
+
+
+__all__ = [
+    "PIXEL_STEPS",
+    "CropFirstPlan",
+    "plan",
+    "preprocess_file",
+    "preprocess_raw",
+    "process_file",
+    "scope_of_raw",
+]

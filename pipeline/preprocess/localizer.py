@@ -1,23 +1,22 @@
 """Knee localisation with HOG features and a linear SVM (after MIPT-Oulu's KneeLocalizer).
 
 The detector scores square windows of an image, each described by a 64x64-pixel HOG
-descriptor (8x8-pixel cells, 2x2-cell blocks with L2-Hys normalisation, a block
-stride of 8 pixels, 9 unsigned orientation bins: 7 x 7 blocks x 36 = 1764
-features), with one linear SVM. Windows are scanned at several scales: with a
-pixel spacing the scales cover the physical knee sizes seen in training (in mm),
-without one they cover the sizes seen relative to the image height.
-
-Speed: all windows are scored at once. The HOG cells and blocks of a whole scaled
-image are computed on a 4-pixel grid with OpenCV primitives (gradients, polar
-angles, and an area resize that sums the orientation votes), so every window at
-a 4-pixel stride is a strided 7 x 7 slice of one block grid. The SVM score of every
-window is then one matrix product (blocks x 49 weight blocks) and one strided sum
-(:func:`window_scores`), instead of one descriptor per window: about 0.2 ms per
-scale for a 512-pixel radiograph, where OpenCV's ``HOGDescriptor`` needs 0.4 ms for
-the block grid at an 8-pixel stride alone (and four times that for a 4-pixel
-stride), and skimage one window at a time needs 0.4 s. A coarse pass (scale step
-1.1) finds each knee; a fine pass around it (scale step 1.04, 2-pixel offsets) and a
+descriptor (:mod:`pipeline.preprocess.hog`: 7 x 7 blocks x 36 = 1764 features), with
+one linear SVM. Windows are scanned at several scales: with a pixel spacing the
+scales cover the physical knee sizes seen in training (in mm), without one they
+cover the sizes seen relative to the image height. All windows of a scale are scored
+at once (:func:`~pipeline.preprocess.hog.window_scores`). A coarse pass (scale step
+1.12) finds each knee; a fine pass around it (scale step 1.04, 2-pixel offsets) and a
 score-weighted mean of the best windows place the box.
+
+Real framing: when that pass is unsure of a single knee, a second one reaches
+further (:meth:`KneeLocalizer.reach_candidates`): the image's edge pixels are
+repeated outwards, so a window may reach past the frame (a knee cut by a tight crop,
+off-centre or partly outside), and without a pixel spacing the windows grow up to
+:data:`REACH` times the image's longer side (an export where the joint fills the
+frame). The better of the two passes is kept. A two-view image (a frontal and a
+skyline view side by side) needs nothing more: the frontal view's knee is the best
+window.
 
 Laterality: a bilateral radiograph gives one knee per image half. In the
 radiological convention (``PatientOrientation`` row direction ``L``, the default),
@@ -50,172 +49,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
-from threadpoolctl import ThreadpoolController
 
 from pipeline.io import atomic_write_bytes
-from pipeline.preprocess.arrays import area_resize, scaled_size
+from pipeline.preprocess.hog import (
+    BINS,
+    CELL,
+    DIM,
+    GRID,
+    NB,
+    WIN,
+    Pyramid,
+    hog_grid,
+    one_blas_thread,
+    patch_features,
+    stretch_levels,
+    window_scores,
+)
 
 WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "knee_hog_svm.npz"
 FORMAT_VERSION = 3
 #: DICOM ViewPosition values of a lateral view (its own detector when the weights have one).
 LATERAL_VIEWS = frozenset({"LAT", "LATERAL", "LL", "RL", "LLD", "RLD", "XTABLE"})
-
-WIN = 64  # window side in pixels of the scaled image
-CELL = 8  # cell side in pixels
-GRID = 4  # pixels between neighbouring cells, blocks and windows on the grid
-BINS = 9  # unsigned orientation bins over 0..180 degrees
-NB = 7  # blocks per window side (16-pixel blocks every 8 pixels)
-FEAT = 4 * BINS  # 36 features per block (2 x 2 cells)
-DIM = NB * NB * FEAT  # 1764
-SPAN = (NB - 1) * CELL // GRID  # grid steps from the first to the last block of a window: 12
-EPS = 1e-2  # L2-Hys regulariser (gradients of [0, 1] images)
+#: Without a pixel spacing, the reaching pass tries knee boxes up to this many times the
+#: image's longer side (a tight crop: the joint fills the frame, its box reaches past it).
+REACH = 1.4
+#: ... and lets a window reach past the frame by up to this share of its side.
+REACH_PAD = 0.4
 
 
 def weights_path(weights: str | os.PathLike[str] | None = None) -> Path:
     """The weights file: ``weights`` if given, else the one shipped in the package."""
     return Path(weights) if weights is not None else WEIGHTS_FILE
-
-
-# --------------------------------------------------------------------------- HOG on a grid
-
-
-_LOWER_BIN = np.array([(k - 1) % BINS for k in range(2 * BINS + 1)], dtype=np.intp)
-_UPPER_BIN = np.array([k % BINS for k in range(2 * BINS + 1)], dtype=np.intp)
-
-
-@functools.lru_cache(maxsize=32)
-def _pixel_offsets(n: int) -> np.ndarray:
-    return np.arange(n, dtype=np.intp) * BINS
-
-
-def hog_grid(image: np.ndarray) -> np.ndarray:
-    """HOG blocks of a [0, 1] float image on a 4-pixel grid: (gy, gx, 36).
-
-    Block (y, x) covers pixels [4y, 4y + 16) x [4x, 4x + 16): its four 8x8 cells,
-    in the order (top-left, top-right, bottom-left, bottom-right), each a 9-bin
-    histogram of gradient orientations (votes split linearly between the two
-    nearest bins, weighted by the gradient magnitude), L2-Hys normalised.
-    """
-    h, w = (image.shape[0] // GRID) * GRID, (image.shape[1] // GRID) * GRID
-    img = np.ascontiguousarray(image[:h, :w], dtype=np.float32)
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=1)  # central differences
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=1)
-    mag, ang = cv2.cartToPolar(gx, gy, angleInDegrees=True)  # (h, w) each, ang in [0, 360)
-    pos = ang * np.float32(BINS / 180.0) - np.float32(0.5)  # bin position, period 9 (unsigned)
-    lower = np.floor(pos)
-    upper_w = pos - lower  # weight of the upper bin
-    k = lower.astype(np.int32).ravel() + 1  # 0..18
-    base = _pixel_offsets(h * w)
-    votes = np.zeros((h * w, BINS), np.float32)  # (h*w, 9)
-    flat = votes.reshape(-1)
-    flat[base + _LOWER_BIN[k]] = (mag * (1 - upper_w)).ravel()
-    flat[base + _UPPER_BIN[k]] += (mag * upper_w).ravel()
-    # Mean of every 4x4 patch, then 8x8 cells on the 4-pixel grid as 2x2 sums of them.
-    q = cv2.resize(votes.reshape(h, w, BINS), (w // GRID, h // GRID), interpolation=cv2.INTER_AREA)
-    q = q.reshape(h // GRID, w // GRID, BINS)
-    cells = q[:-1, :-1] + q[1:, :-1] + q[:-1, 1:] + q[1:, 1:]  # (h/4 - 1, w/4 - 1, 9)
-    s = CELL // GRID
-    blocks = np.concatenate(
-        [cells[:-s, :-s], cells[:-s, s:], cells[s:, :-s], cells[s:, s:]], axis=-1
-    )  # (h/4 - 3, w/4 - 3, 36)
-    blocks /= np.sqrt((blocks * blocks).sum(axis=-1, keepdims=True) + EPS**2)
-    np.minimum(blocks, np.float32(0.2), out=blocks)
-    blocks /= np.sqrt((blocks * blocks).sum(axis=-1, keepdims=True) + EPS**2)
-    return blocks
-
-
-def window_features(blocks: np.ndarray, y: int, x: int) -> np.ndarray:
-    """The descriptor (1764,) of the window at grid position (y, x): pixels [4y, 4y + 64)."""
-    return blocks[y : y + SPAN + 1 : 2, x : x + SPAN + 1 : 2].reshape(-1)
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()  # (made once: it inspects the loaded libraries)
-
-
-def _one_blas_thread() -> Any:
-    """BLAS on one thread for the scan's small products: a threaded BLAS on a CPU that
-    trials share stalls on them (measured 24 ms against 0.4 ms for one grid)."""
-    return _blas_controller().limit(limits=1, user_api="blas")
-
-
-def window_scores(blocks: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
-    """Linear score of every window of a block grid: (gy - 12, gx - 12), [y, x]."""
-    gy, gx, _ = blocks.shape
-    oy, ox = gy - SPAN, gx - SPAN
-    if oy <= 0 or ox <= 0:
-        return np.empty((0, 0), np.float32)
-    g = np.ascontiguousarray(blocks.reshape(-1, FEAT) @ w.reshape(NB * NB, FEAT).T)
-    g = g.reshape(gy, gx, NB * NB)  # g[y, x, 7i + j] = block (y, x) . weights of block (i, j)
-    s0, s1, s2 = g.strides
-    # v[y, x, i, j] = g[y + 2i, x + 2j, 7i + j]
-    v = as_strided(g, shape=(oy, ox, NB, NB), strides=(s0, s1, 2 * s0 + NB * s2, 2 * s1 + s2))
-    return v.sum(axis=(2, 3)) + np.float32(b)
-
-
-def stretch_levels(image: np.ndarray) -> tuple[float, float]:
-    """1st and 99th percentiles of the non-zero pixels (the contrast stretch before HOG)."""
-    nz = image[image > 0]
-    if nz.size < 16:
-        return 0.0, 1.0
-    lo, hi = np.percentile(nz, (1.0, 99.0))
-    return float(lo), float(max(hi, lo + 1e-3))
-
-
-def stretch(image: np.ndarray, levels: tuple[float, float]) -> np.ndarray:
-    lo, hi = levels
-    out = (image - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def patch_features(
-    image: np.ndarray, levels: tuple[float, float], cx: float, cy: float, window: float
-) -> np.ndarray:
-    """HOG descriptor (1764,) of the square window of side ``window`` centred at (cx, cy).
-
-    One window on its own (the scan scores all windows at once instead): what the
-    left/right model reads and what training learns from.
-    """
-    margin = 16  # scaled pixels around the window: two blocks
-    f = WIN / window
-    half = (WIN / 2 + margin) / f
-    x0, y0 = round(cx - half), round(cy - half)
-    size = max(1, round(2 * half))
-    h, w = image.shape
-    crop = np.zeros((size, size), dtype=np.float32)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
-    if cx1 > cx0 and cy1 > cy0:
-        crop[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = image[cy0:cy1, cx0:cx1]
-    n = WIN + 2 * margin
-    inter = cv2.INTER_AREA if n < size else cv2.INTER_LINEAR
-    small = stretch(cv2.resize(crop, (n, n), interpolation=inter), levels)
-    return window_features(hog_grid(small), margin // GRID, margin // GRID)
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def clip_box(box: Sequence[float], shape: tuple[int, int]) -> tuple[float, float, float, float]:
-    h, w = shape
-    return (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
-
-
-def _resize(image: np.ndarray, f: float) -> np.ndarray:
-    h, w = image.shape
-    size = scaled_size((w, h), f)
-    if f < 1:
-        return area_resize(image, size)  # two stages on a large image
-    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
 # --------------------------------------------------------------------------- detector
@@ -248,54 +113,6 @@ def _patient_right_on_left(orientation: Any) -> bool:
         orientation[0] if isinstance(orientation, list | tuple) else str(orientation).split("\\")[0]
     )
     return not str(first).upper().startswith("R")
-
-
-class _Pyramid:
-    """A prepared image at the scales the scan needs (one area resize from a shared base)."""
-
-    def __init__(
-        self,
-        image: np.ndarray,
-        smallest_side: float,
-        context: float,
-        preview: np.ndarray | None = None,
-    ):
-        self.image = image
-        f_base = min(1.0, WIN / (smallest_side * context) * 1.05)
-        self.f_base = f_base
-        h, w = image.shape
-        if f_base >= 1.0:
-            self.base = image
-        elif (
-            preview is not None
-            and preview.shape[0] >= h * f_base
-            and preview.shape[1] >= w * f_base
-        ):
-            # the small copy is detailed enough: resize it instead of the full image
-            self.base = cv2.resize(
-                preview, scaled_size((w, h), f_base), interpolation=cv2.INTER_AREA
-            )
-        else:
-            self.base = _resize(image, f_base)
-        self.levels = stretch_levels(self.base)
-
-    def scaled(
-        self, f: float, region: tuple[int, int, int, int] | None = None
-    ) -> tuple[np.ndarray, float, float, float, float]:
-        """The image (or a region of it) scaled by ``f`` and stretched.
-
-        Returns (image, fx, fy, x0, y0): the actual scale factors and the image-pixel
-        origin of the scaled image's first pixel.
-        """
-        src, fb = self.base, self.f_base
-        bx0 = by0 = 0
-        if region is not None:
-            bx0, by0, bx1, by1 = (round(v * fb) for v in region)
-            src = src[by0:by1, bx0:bx1]
-        out = _resize(src, f / fb)
-        fx = out.shape[1] / max(src.shape[1], 1) * fb
-        fy = out.shape[0] / max(src.shape[0], 1) * fb
-        return stretch(out, self.levels), fx, fy, bx0 / fb, by0 / fb
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,7 +193,7 @@ class KneeLocalizer:
 
     def _scan(
         self,
-        pyr: _Pyramid,
+        pyr: Pyramid,
         sides: Sequence[float],
         offsets: Sequence[tuple[int, int]] = ((0, 0),),
         region: tuple[int, int, int, int] | None = None,
@@ -385,13 +202,13 @@ class KneeLocalizer:
 
         Returns (N, 4) float64 rows ``[score, cx, cy, window side]`` in image pixels.
         """
-        with _one_blas_thread():
+        with one_blas_thread():
             out = self._scan_sides(pyr, sides, offsets, region)
         return np.concatenate(out) if out else np.empty((0, 4))
 
     def _scan_sides(
         self,
-        pyr: _Pyramid,
+        pyr: Pyramid,
         sides: Sequence[float],
         offsets: Sequence[tuple[int, int]],
         region: tuple[int, int, int, int] | None,
@@ -415,7 +232,7 @@ class KneeLocalizer:
                 out.append(rows)
         return out
 
-    def _refine(self, pyr: _Pyramid, best: _Cand) -> _Cand:
+    def _refine(self, pyr: Pyramid, best: _Cand) -> _Cand:
         """Fine pass around a coarse detection, then a score-weighted mean of the best windows."""
         h, w = pyr.image.shape
         m = 0.2 * best.side
@@ -441,11 +258,47 @@ class KneeLocalizer:
         image: np.ndarray,
         spacing_mm: tuple[float, float] | None,
         preview: np.ndarray | None = None,
-    ) -> tuple[_Pyramid, list[float]]:
+    ) -> tuple[Pyramid, list[float]]:
         lo, _, hi = self.expected_side(image.shape, spacing_mm)
-        n = max(2, math.ceil(math.log(hi / lo) / math.log(1.12)) + 1)
-        sides = [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)]
-        return _Pyramid(image, lo, self.context, preview), sides
+        return Pyramid(image, lo, self.context, preview), scale_steps(lo, hi)
+
+    def reach_sides(
+        self, shape: tuple[int, int], spacing_mm: tuple[float, float] | None
+    ) -> list[float]:
+        """Knee box sides (pixels) of the reaching pass: the expected ones, and without a
+        pixel spacing up to :data:`REACH` times the longer side of an image of ``shape``."""
+        lo, _, hi = self.expected_side(shape, spacing_mm)
+        if spacing_mm is None:
+            hi = max(hi, REACH * max(shape))
+        return scale_steps(lo, hi)
+
+    def reach_candidates(
+        self,
+        image: np.ndarray,
+        spacing_mm: tuple[float, float] | None = None,
+        preview: np.ndarray | None = None,
+    ) -> tuple[Pyramid, np.ndarray]:
+        """The reaching pass: windows that may cross the frame, centred inside it.
+
+        Returns the (padded) pyramid and (N, 4) rows ``[score, cx, cy, window side]``
+        in image pixels, every centre inside the image.
+        """
+        sides = self.reach_sides(image.shape, spacing_mm)
+        pyr = Pyramid(image, sides[0], self.context, preview, reach=REACH_PAD)
+        rows = self._scan(pyr, sides)
+        h, w = image.shape
+        inside = (rows[:, 1] >= 0) & (rows[:, 1] < w) & (rows[:, 2] >= 0) & (rows[:, 2] < h)
+        return pyr, rows[inside]
+
+    def _reach(
+        self, image: np.ndarray, spacing_mm: tuple[float, float] | None, preview: np.ndarray | None
+    ) -> _Cand | None:
+        """The best knee of the reaching pass, refined; None when no window fits."""
+        pyr, rows = self.reach_candidates(image, spacing_mm, preview)
+        if rows.size == 0:
+            return None
+        s, cx, cy, side = rows[np.argmax(rows[:, 0])]
+        return self._refine(pyr, _Cand(float(s), float(cx), float(cy), float(side)))
 
     def candidates(
         self, image: np.ndarray, spacing_mm: tuple[float, float] | None = None
@@ -481,6 +334,7 @@ class KneeLocalizer:
         min_confidence: float = 0.5,
         side_confidence: float = 0.9,
         preview: np.ndarray | None = None,
+        reach: bool = True,
     ) -> list[KneeBox]:
         """Find the knee(s) of a [0, 1] float image; one :class:`KneeBox` per knee, left to right.
 
@@ -490,7 +344,9 @@ class KneeLocalizer:
         confident knee clear of the other. A single knee without a DICOM laterality
         is called left or right from its anatomy when that call reaches
         ``side_confidence``. ``preview``: a smaller copy of ``image`` (same field of
-        view) to scan instead of resizing ``image`` itself.
+        view) to scan instead of resizing ``image`` itself. ``reach``: when a single
+        knee's confidence stays under ``min_confidence``, also try the reaching pass
+        (:meth:`reach_candidates`) and keep the better knee.
         """
         image = np.asarray(image, dtype=np.float32)
         h, w = image.shape
@@ -529,11 +385,15 @@ class KneeLocalizer:
         for cand, lat, centre_x in picks:
             if cand is not None:
                 cand = self._refine(pyr, cand)
-            conf = self.confidence(cand.score) if cand is not None else 0.0
-            if cand is None or conf < min_confidence:  # centre crop of the expected size
+            if reach and mode == "single" and self._unsure(cand, min_confidence):
+                far = self._reach(image, spacing_mm, preview)
+                if far is not None and (cand is None or far.score > cand.score):
+                    cand = far
+            if self._unsure(cand, min_confidence):  # centre crop of the expected size
                 half = med / 2
                 box = (centre_x - half, h / 2 - half, centre_x + half, h / 2 + half)
                 score = cand.score if cand is not None else -math.inf
+                conf = self.confidence(score) if cand is not None else 0.0
                 out.append(KneeBox(box, score, conf, lat, True))
                 continue
             half = cand.side / self.context / 2
@@ -541,8 +401,17 @@ class KneeLocalizer:
             if lat is None and mode == "single":
                 guess, p = self.side_of(image, box)
                 lat = guess if p >= side_confidence else None
-            out.append(KneeBox(box, cand.score, conf, lat, False))
+            out.append(KneeBox(box, cand.score, self.confidence(cand.score), lat, False))
         return out
+
+    def _unsure(self, cand: _Cand | None, min_confidence: float) -> bool:
+        return cand is None or self.confidence(cand.score) < min_confidence
+
+
+def scale_steps(lo: float, hi: float, step: float = 1.12) -> list[float]:
+    """Window sides from ``lo`` to ``hi``, a constant ratio of at most ``step`` apart."""
+    n = max(2, math.ceil(math.log(hi / lo) / math.log(step)) + 1)
+    return [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)]
 
 
 def save_localizers(path: str | os.PathLike[str], models: Mapping[str, KneeLocalizer]) -> Path:

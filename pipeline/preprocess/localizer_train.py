@@ -37,14 +37,8 @@ from sklearn.svm import LinearSVC
 
 from pipeline.dicom import read_radiograph
 from pipeline.preprocess.chain import RadiographLike, start_work
-from pipeline.preprocess.localizer import (
-    KneeLocalizer,
-    box_iou,
-    clip_box,
-    patch_features,
-    save_localizers,
-    stretch_levels,
-)
+from pipeline.preprocess.hog import box_iou, clip_box, patch_features, stretch_levels
+from pipeline.preprocess.localizer import KneeLocalizer, save_localizers
 from pipeline.preprocess.steps import CleanParams, Work, clean_step
 
 FAILURE_IOU = 0.5

@@ -1,7 +1,7 @@
 """A contact sheet: every preprocessing step of a few radiographs, side by side, as one PNG.
 
-One row per radiograph: the decoded input with the knee boxes drawn on it, then the
-output of every configured step (the first crop after ``localize``; a bilateral
+One row per radiograph: the decoded input with the knee boxes and the out-of-scope
+decision drawn on it, then the output of every configured step (the first crop after ``localize``; a bilateral
 radiograph's other knee gets a row of its own). The picture is for eyes only, so it
 is written as 8-bit PNG; the cache itself stays 16-bit.
 """
@@ -19,6 +19,7 @@ from pipeline.dicom import DicomError, read_radiograph
 from pipeline.io import atomic_write_bytes
 from pipeline.preprocess.chain import RadiographLike, run_steps
 from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.scope import ScopeDecision, decide_image
 from pipeline.preprocess.steps import Work
 
 LABEL_H = 18
@@ -41,9 +42,17 @@ def _tile(image: np.ndarray, size: int, label: str) -> np.ndarray:
     return tile
 
 
-def _with_boxes(image: np.ndarray, items: Sequence[Work]) -> np.ndarray:
+def _with_boxes(
+    image: np.ndarray, items: Sequence[Work], scope: ScopeDecision | None = None
+) -> np.ndarray:
     rgb = cv2.cvtColor((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     thick = max(1, round(max(image.shape) / 200))
+    if scope is not None:  # the out-of-scope decision along the bottom: green in, red out
+        color = (0, 220, 0) if scope.in_scope else (40, 40, 255)
+        y = image.shape[0] - 6 * thick
+        cv2.putText(
+            rgb, scope.reason, (3 * thick, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, color, thick
+        )
     for it in items:
         if it.box is None:
             continue
@@ -90,9 +99,10 @@ def contact_sheet(
             radiograph, config, on_step=lambda name, items, s=steps: s.append((name, list(items)))
         )
         final = steps[-1][1]
+        scope = decide_image(radiograph.image)
         n_rows = max(1, len(final))
         for k in range(n_rows):
-            tiles = [_tile(_with_boxes(radiograph.image, final), tile, f"{Path(f).name}")]
+            tiles = [_tile(_with_boxes(radiograph.image, final, scope), tile, f"{Path(f).name}")]
             for name, items in steps[1:]:
                 item = items[min(k, len(items) - 1)]
                 tiles.append(

@@ -456,6 +456,7 @@ class LocalizeParams:
     min_confidence: float = 0.5  # below this, fall back to a centre crop (with a warning)
     context: float = 1.0  # crop = detected knee box scaled by this factor
     square: bool = True  # crop a square around the box centre (side = the longer side)
+    reach: bool = True  # when unsure, also try windows reaching past the frame (tight crops)
 
     def __post_init__(self) -> None:
         check_choice("localize mode", self.mode, ("auto", "single", "bilateral"))
@@ -507,6 +508,7 @@ def localize_step(work: Work, p: LocalizeParams) -> list[Work]:
         laterality=work.meta.get("laterality"),
         orientation=work.meta.get("patient_orientation"),
         min_confidence=p.min_confidence,
+        reach=p.reach,
     )
     out = []
     for k in knees:

@@ -6,8 +6,11 @@ import argparse
 import json
 import sys
 
+from .clinical import STYLES
 from .dataset import DEFAULT_FRACTURE_RATE, generate
 from .dicom_writer import TRANSFER_SYNTAXES
+from .parts import ALL_OTHER_PARTS
+from .plan import DEFAULT_OTHER_SHARE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +39,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="transfer_syntaxes",
         help="restrict to this transfer syntax (repeatable; default: all four)",
     )
+    parser.add_argument(
+        "--other-parts",
+        type=_parts,
+        default=None,
+        help="what the studies that are not a knee study show: comma-separated names from "
+        f"{','.join(ALL_OTHER_PARTS)}, or 'all' (default HAND,ANKLE)",
+    )
+    parser.add_argument(
+        "--other-share",
+        type=float,
+        default=DEFAULT_OTHER_SHARE,
+        help=f"share of studies that show one of them (default {DEFAULT_OTHER_SHARE})",
+    )
+    parser.add_argument(
+        "--style",
+        choices=list(STYLES),
+        default="phantom",
+        help="'clinical': framed and marked as real archives are (default 'phantom')",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+
+def _parts(text: str) -> list[str]:
+    return list(ALL_OTHER_PARTS) if text.strip().lower() == "all" else text.upper().split(",")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +75,9 @@ def main(args: argparse.Namespace) -> int:
             labeled_fraction=args.labeled_fraction,
             fracture_rate=args.fracture_rate,
             transfer_syntaxes=args.transfer_syntaxes,
+            other_parts=args.other_parts,
+            other_share=args.other_share,
+            style=args.style,
             workers=args.workers,
         )
     except ValueError as e:

@@ -14,17 +14,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from . import anatomy
+from ..registry import check_choice
+from . import anatomy, clinical
 from .acquisition import burn_marker, collimate, expose, quantize
 from .dicom_writer import (
     CR_IMAGE,
     DX_FOR_PRESENTATION,
+    SECONDARY_CAPTURE,
     TRANSFER_SYNTAXES,
     build_dataset,
     dataset_bytes,
@@ -32,9 +35,12 @@ from .dicom_writer import (
 )
 from .fractures import draw_fracture
 from .identities import SITES, dicom_age, dicom_date, make_uid
-from .plan import READERS, ImageSpec, plan_dataset
+from .parts import ALL_OTHER_PARTS, DEFAULT_OTHER_PARTS, draw_part
+from .plan import DEFAULT_OTHER_SHARE, READERS, ImageSpec, plan_dataset
 
-GENERATOR_VERSION = "1.1"
+GENERATOR_VERSION = "1.2"
+# 1.2: other_parts (hips, chests, skyline views), other_share and the clinical style;
+#      a default phantom's DICOM files, labels.csv and truth.jsonl are unchanged
 DEFAULT_FRACTURE_RATE = 0.25
 MU_SOFT = 0.0033  # soft-tissue attenuation per mm (display units)
 LABEL_COLUMNS = ["file", "schatzker", "laterality", *(f"schatzker_{r}" for r in READERS)]
@@ -50,6 +56,9 @@ def generate(
     fracture_rate: float = DEFAULT_FRACTURE_RATE,
     transfer_syntaxes: Sequence[str] | None = None,
     bits_stored: Sequence[int] | None = None,
+    other_parts: Sequence[str] | None = None,
+    other_share: float = DEFAULT_OTHER_SHARE,
+    style: str = "phantom",
     workers: int = 1,
 ) -> dict:
     """Write a synthetic knee-radiograph set to ``out_dir``; return its summary.
@@ -70,6 +79,15 @@ def generate(
         transfer_syntaxes: names from ``TRANSFER_SYNTAXES`` (``uncompressed``, ``rle``,
             ``jpeg2000``, ``jpeg_lossless``) or UIDs; None mixes all four.
         bits_stored: bit depths to deal (None: 10, 12, 14, 15 and 16 bits).
+        other_parts: what the studies that are not a knee study show, from
+            ``ALL_OTHER_PARTS`` (hands, ankles, hips, chests and the knee's
+            skyline view); None: hands and ankles, as the phantom always had.
+        other_share: the share of studies that show one of ``other_parts`` (0.1; at
+            most 0.9).
+        style: ``"phantom"`` (the default: every knee framed with room, a clean field)
+            or ``"clinical"``: framed and marked as real archives are (tight crops,
+            two views side by side, shutters, text, arrows, redaction bars, positioning
+            devices, 8-bit lossy secondary captures; :mod:`pipeline.synth.clinical`).
         workers: processes rendering and encoding the images (started fresh, with
             ``spawn``: a script that calls this needs the ``if __name__ ==
             "__main__":`` guard).
@@ -78,6 +96,9 @@ def generate(
     params = _validate(
         n, seed, size, labeled_fraction, fracture_rate, transfer_syntaxes, bits_stored, workers
     )
+    params.update(_parts(other_parts, other_share))
+    if check_choice("style", style, clinical.STYLES) != "phantom":
+        params["style"] = style
     n, seed, workers = params["n"], params["seed"], operator.index(workers)
     out = Path(out_dir)
     (out / "dicom").mkdir(parents=True, exist_ok=True)
@@ -89,9 +110,37 @@ def generate(
         labeled_fraction=labeled_fraction,
         transfer_syntaxes=params["transfer_syntaxes"],
         bits_stored=params["bits_stored"],
+        other_parts=params.get("other_parts", DEFAULT_OTHER_PARTS),
+        other_share=params.get("other_share", DEFAULT_OTHER_SHARE),
     )
     _remove_stale(out, {spec.file for spec in plan.images})
-    jobs = [(spec, str(out)) for spec in plan.images]
+    specs = [replace(spec, style=style) for spec in plan.images]
+    records = _render_all([(spec, str(out)) for spec in specs], workers)
+    summary = _write_sidecars(out, records, plan.label_rows, params)
+    return {**summary, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _write_sidecars(out: Path, records: list[dict], label_rows: list[dict], params: dict) -> dict:
+    """Write ``truth.jsonl``, ``labels.csv`` and ``synth.json``; the summary."""
+    truth = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    atomic_write_text(out / "truth.jsonl", truth)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LABEL_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(label_rows)
+    atomic_write_text(out / "labels.csv", buffer.getvalue())
+    summary = {
+        "generator": "pipeline.synth",
+        "version": GENERATOR_VERSION,
+        "parameters": params,
+        "counts": _counts(records, label_rows),
+    }
+    atomic_write_json(out / "synth.json", summary)
+    return summary
+
+
+def _render_all(jobs: list[tuple[ImageSpec, str]], workers: int) -> list[dict]:
+    """Render and write every planned image (in ``workers`` processes); their truth records."""
     if workers > 1 and len(jobs) > 1:
         # spawn, not fork: a forked child inherits OpenCV's thread pool without its
         # threads and can hang on its first parallel call
@@ -99,25 +148,27 @@ def generate(
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_init_worker
         ) as pool:
-            records = list(pool.map(_render_job, jobs, chunksize=4))
-    else:
-        records = [_render_job(job) for job in jobs]
+            return list(pool.map(_render_job, jobs, chunksize=4))
+    return [_render_job(job) for job in jobs]
 
-    truth = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-    atomic_write_text(out / "truth.jsonl", truth)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LABEL_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(plan.label_rows)
-    atomic_write_text(out / "labels.csv", buffer.getvalue())
-    summary = {
-        "generator": "pipeline.synth",
-        "version": GENERATOR_VERSION,
-        "parameters": params,
-        "counts": _counts(records, plan.label_rows),
-    }
-    atomic_write_json(out / "synth.json", summary)
-    return {**summary, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 3)}
+
+def _parts(other_parts: Sequence[str] | None, other_share: float) -> dict:
+    """``other_parts`` and ``other_share`` (checked) where they are not the defaults: a
+    default phantom's ``synth.json`` stays as it was."""
+    out: dict = {}
+    if not 0.0 <= float(other_share) <= 0.9:
+        raise ValueError(f"other_share must be in [0, 0.9], got {other_share!r}")
+    if float(other_share) != DEFAULT_OTHER_SHARE:
+        out["other_share"] = float(other_share)
+    if other_parts is None or tuple(other_parts) == DEFAULT_OTHER_PARTS:
+        return out
+    parts = [str(p).upper() for p in other_parts]
+    unknown = [p for p in parts if p not in ALL_OTHER_PARTS]
+    if not parts or unknown:
+        raise ValueError(
+            f"other_parts must be names from {', '.join(ALL_OTHER_PARTS)}, got {list(other_parts)!r}"
+        )
+    return {**out, "other_parts": parts}
 
 
 def _integer(name: str, value: object, minimum: int) -> int:
@@ -223,7 +274,7 @@ def _render_job(job: tuple[ImageSpec, str]) -> dict:
     spec, out = job
     pixels, fields, private, record = render(spec)
     ds = build_dataset(
-        pixels, transfer_syntax=spec.acquisition.transfer_syntax, fields=fields, private=private
+        pixels, transfer_syntax=record["transfer_syntax"], fields=fields, private=private
     )
     atomic_write_bytes(Path(out) / spec.file, dataset_bytes(ds))
     return record
@@ -252,13 +303,41 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, dict, list, dict]:
             box = burn_marker(display, text, body, keep, field, rng, prefer_left=left)
             if box is not None:
                 markers.append({"text": text, "box": box})
+    notes = None
+    if spec.style == "clinical":
+        c = _clinical(spec, display, body, knees_truth, markers, spacing)
+        display, body, knees_truth, markers, notes = c.display, c.body, c.knees, c.markers, c.notes
+        if notes.get("secondary_capture"):  # 8 bits, shown as stored
+            acq = replace(acq, photometric="MONOCHROME2", presentation_lut=None, bits_stored=8)
+            acq = replace(acq, signed=False, rescale=None, voi="none")
     pixels, pixel_fields = quantize(display, acq, body, rng)
     fields = _header(spec, spacing, rng)
     fields.update(pixel_fields)
-    fields["BurnedInAnnotation"] = "YES" if markers else "NO"
+    fields["BurnedInAnnotation"] = "YES" if markers or notes else "NO"
+    if notes and notes.get("secondary_capture"):
+        fields.update(SOPClassUID=SECONDARY_CAPTURE, ConversionType="WSD")
     private = _private(spec, rng)
     record = _truth_record(spec, knees_truth, markers, spacing)
+    if notes is not None:
+        record.update(style=spec.style, clinical=notes, shape=list(display.shape))
+        if notes.get("secondary_capture"):  # stored as it was exported: uncompressed
+            record["transfer_syntax"] = "uncompressed"
     return pixels, fields, private, record
+
+
+def _clinical(spec: ImageSpec, display, body, knees_truth, markers, spacing) -> clinical.Clinical:
+    """The clinical style's changes to one rendered image (a generator of their own)."""
+    return clinical.finish(
+        display,
+        body,
+        knees_truth,
+        markers,
+        view=spec.view,
+        bilateral=spec.bilateral,
+        spacing=spacing,
+        mu_soft=MU_SOFT,
+        rng=np.random.default_rng([spec.seed, 4, spec.index]),
+    )
 
 
 def _draw_anatomy(
@@ -271,7 +350,7 @@ def _draw_anatomy(
     attenuation = np.zeros((rows, cols), np.float32)
     knees_truth = []
     sex = spec.patient["sex"]
-    if spec.view == "OTHER":
+    if spec.view in ("OTHER", "SKYLINE"):
         frame = anatomy.Frame(
             cols * rng.uniform(0.42, 0.58),
             rows * rng.uniform(0.4, 0.55),
@@ -279,8 +358,9 @@ def _draw_anatomy(
             np.radians(rng.uniform(-15, 15)),
             1.0 if rng.random() < 0.5 else -1.0,
         )
-        draw = anatomy.draw_hand if spec.body_part == "HAND" else anatomy.draw_ankle
-        attenuation += draw((rows, cols), frame, texture, rng, MU_SOFT)
+        attenuation += draw_part(
+            spec.body_part, spec.view, (rows, cols), frame, texture, rng, MU_SOFT
+        )
     else:
         centers = _knee_centres(spec, rng)
         for knee, (cx, cy) in zip(spec.knees, centers):

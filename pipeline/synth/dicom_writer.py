@@ -155,6 +155,40 @@ def write_dicom(
     return atomic_write_bytes(path, dataset_bytes(ds))
 
 
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def write_secondary_capture(
+    path: str | os.PathLike[str],
+    picture: np.ndarray,
+    *,
+    fields: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an 8-bit picture (a JPEG or PNG export of a radiograph) as a DICOM file.
+
+    ``picture``: uint8 (H, W) greyscale, or (H, W, 3) RGB-encoded greyscale (made grey
+    with the usual luminance weights, 0.299 R + 0.587 G + 0.114 B). The file
+    is a Secondary Capture, MONOCHROME2, 8 bits stored, uncompressed; ``fields`` adds
+    or replaces tags (``BodyPartExamined``, ``ViewPosition``, ``PixelSpacing``, ...).
+    """
+    arr = np.asarray(picture)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise ValueError(
+            f"expected a uint8 (H, W) or (H, W, 3) picture, got {arr.dtype} {arr.shape}"
+        )
+    if arr.ndim == 3:
+        arr = np.round(arr[..., :3].astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))
+    tags = {
+        "SOPClassUID": SECONDARY_CAPTURE,
+        "Modality": "OT",
+        "ConversionType": "WSD",
+        "PhotometricInterpretation": "MONOCHROME2",
+        "BurnedInAnnotation": "YES",
+        **dict(fields or {}),
+    }
+    return write_dicom(path, arr.astype(np.uint16), fields=tags, bits_stored=8)
+
+
 def _set(ds: Dataset, keyword: str, value: Any) -> None:
     if isinstance(value, DataElement):
         ds.add(value)

@@ -22,6 +22,7 @@ import numpy as np
 
 from .acquisition import COLLIMATIONS, Acquisition
 from .identities import SITES, age_years, fake_patient, make_uid, physician_name
+from .parts import DEFAULT_OTHER_PARTS, part_kind
 
 # Schatzker I..VI shares among fractures: II the commonest, as in clinical series.
 SCHATZKER_SHARES = {1: 0.15, 2: 0.30, 3: 0.11, 4: 0.14, 5: 0.12, 6: 0.18}
@@ -78,8 +79,8 @@ class ImageSpec:
     seed: int
     index: int
     file: str
-    view: str  # "AP", "LAT" or "OTHER"
-    body_part: str  # "KNEE", "HAND", "ANKLE"
+    view: str  # "AP", "LAT", "SKYLINE" (a knee) or "OTHER" (another body part)
+    body_part: str  # "KNEE", "HAND", "ANKLE", ... (pipeline.synth.parts.OTHER_PARTS)
     bilateral: bool
     knees: tuple[KneeSpec, ...]
     partner: int | None
@@ -89,6 +90,7 @@ class ImageSpec:
     study: dict
     acquisition: Acquisition
     header: dict = field(default_factory=dict)  # header habits: descriptions, tags present
+    style: str = "phantom"  # "clinical": framed and marked as archives are (synth.clinical)
 
 
 @dataclass
@@ -106,6 +108,9 @@ def _image_shape(size: int | tuple[int, int], kind: str, rng: np.random.Generato
     return size, round(aspect * size)
 
 
+_OTHER_WORDS = {"HIP": ("HIP", "CADERA"), "CHEST": ("CHEST", "TORAX")}
+
+
 def _descriptions(site_spanish: bool, view: str, body: str, side: str, rng) -> tuple[str, str]:
     """(series description, study description) in the site's language and habits."""
     es = site_spanish
@@ -113,6 +118,14 @@ def _descriptions(site_spanish: bool, view: str, body: str, side: str, rng) -> t
         return ("MANO PA" if es else "HAND PA"), ("RX MANO" if es else "XR HAND")
     if body == "ANKLE":
         return ("TOBILLO AP" if es else "ANKLE AP"), ("RX TOBILLO" if es else "XR ANKLE")
+    if body in _OTHER_WORDS:
+        word, palabra = _OTHER_WORDS[body]
+        return (f"{palabra} AP" if es else f"{word} AP"), (f"RX {palabra}" if es else f"XR {word}")
+    if view == "SKYLINE":
+        series = (
+            "RODILLA AXIAL ROTULA" if es else str(rng.choice(["KNEE SKYLINE", "PATELLA AXIAL"]))
+        )
+        return series, ("RX RODILLA" if es else "XR KNEE")
     side_es = {"R": "DCHA", "L": "IZDA"}.get(side, "")
     if view == "BILATERAL":
         series = rng.choice(
@@ -145,6 +158,8 @@ def _view_tag(view: str, side: str, rng: np.random.Generator) -> str | None:
         return str(rng.choice(["LAT", "LL", "RL", "LATERAL"], p=[0.4, 0.25, 0.25, 0.1]))
     if view == "OTHER":
         return str(rng.choice(["PA", "AP"]))
+    if view == "SKYLINE":
+        return str(rng.choice(["AXIAL", "SKYLINE", "TANGENTIAL"]))
     return "PA" if rng.random() < 0.05 else "AP"
 
 
@@ -153,6 +168,21 @@ def _body_part_tag(body: str, rng: np.random.Generator) -> str | None:
         return body if rng.random() < 0.9 else None
     options = ["KNEE"] * 6 + ["LEG", "EXTREMITY", "RODILLA", None]
     return options[int(rng.integers(len(options)))]
+
+
+#: the share of studies that are not a knee study (two in twenty)
+DEFAULT_OTHER_SHARE = 0.1
+
+
+def study_deck(rng: np.random.Generator, other_share: float = DEFAULT_OTHER_SHARE) -> Deck:
+    """The kinds of study, dealt in passes of twenty: ``round(20 * other_share)`` studies
+    of something else than a knee, the rest frontal, frontal + lateral and bilateral knee
+    studies as 9 : 6 : 3 (the default share gives 9, 6, 3 and 2)."""
+    other = round(20 * other_share)
+    knee = 20 - other
+    ap, lat = round(knee * 9 / 18), round(knee * 6 / 18)
+    kinds = ["ap"] * ap + ["ap+lat"] * lat + ["bilateral"] * (knee - ap - lat)
+    return Deck(rng, kinds + ["other"] * other)
 
 
 def plan_dataset(
@@ -164,14 +194,18 @@ def plan_dataset(
     labeled_fraction: float,
     transfer_syntaxes: Sequence[str],
     bits_stored: Sequence[int] | None = None,
+    other_parts: Sequence[str] = DEFAULT_OTHER_PARTS,
+    other_share: float = DEFAULT_OTHER_SHARE,
 ) -> Plan:
-    """Draw the whole set's plan (deterministic for ``seed``)."""
+    """Draw the whole set's plan (deterministic for ``seed``); ``other_parts`` (names of
+    :data:`pipeline.synth.parts.ALL_OTHER_PARTS`) are what the ``other_share`` of
+    studies that are not a knee study show (:func:`study_deck`)."""
     rng = np.random.default_rng([seed, 0])
     sites = Deck(rng, range(len(SITES)))
     injured_deck = quota_deck(rng, fracture_rate)
     labeled_deck = quota_deck(rng, labeled_fraction)
     types = TypeDealer(rng)
-    studies = Deck(rng, ["ap"] * 9 + ["ap+lat"] * 6 + ["bilateral"] * 3 + ["other"] * 2)
+    studies = study_deck(rng, other_share)
     decks = AcquisitionDecks(rng, transfer_syntaxes, bits_stored)
     reader_only = quota_deck(rng, 0.15)
     reader_patterns = Deck(rng, ["unanimous", "majority", "majority", "tie"])
@@ -198,7 +232,7 @@ def plan_dataset(
             labeled = labeled_deck.next()
             common = dict(size=size, site=site, person=person, study=study, side=usual_side)
             if kind == "other":
-                spec = _other_spec(rng, decks, seed, len(images), common)
+                spec = _other_spec(rng, decks, seed, len(images), common, other_parts)
                 images.append(spec)
                 if rng.random() < 0.5:
                     rows.append(_row(spec.file, "", ""))
@@ -232,16 +266,22 @@ def plan_dataset(
 
 
 def _other_spec(
-    rng: np.random.Generator, decks: AcquisitionDecks, seed: int, idx: int, common: dict
+    rng: np.random.Generator,
+    decks: AcquisitionDecks,
+    seed: int,
+    idx: int,
+    common: dict,
+    other_parts: Sequence[str] = DEFAULT_OTHER_PARTS,
 ) -> ImageSpec:
-    """A study of another body part (a hand or an ankle): what a real folder mixes in."""
-    body = str(rng.choice(["HAND", "ANKLE"]))
+    """A study of another body part (a hand, an ankle, ...) or of the knee's skyline
+    view: what a real folder mixes in."""
+    body, view = part_kind(str(rng.choice(list(other_parts))))
     return _spec(
         rng,
         decks,
         seed=seed,
         idx=idx,
-        view="OTHER",
+        view=view,
         body=body,
         bilateral=False,
         knees=(),

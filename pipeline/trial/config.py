@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.data import SCOPE_POLICIES
 from pipeline.data.datasets import MISSING_VIEW, VIEWS
 from pipeline.preprocess import TRIAL_DEFAULTS, PreprocessConfig
 from pipeline.registry import UnknownNameError, check_choice, unknown_name_message
@@ -50,6 +51,9 @@ class DataConfig:
     labeled_limit: int | None = None  # keep only this many labeled training crops
     views: str = "ap"
     missing_view: str = "zero"
+    # which images are frontal knees: "pixels" (the out-of-scope decision from the
+    # image, whatever its tags say), "tags" (the DICOM view filter) or "both"
+    scope_policy: str = "pixels"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     fold: int | None = None
@@ -67,6 +71,7 @@ class DataConfig:
         try:
             check_choice("views", self.views, VIEWS)
             check_choice("missing_view", self.missing_view, MISSING_VIEW)
+            check_choice("scope_policy", self.scope_policy, SCOPE_POLICIES)
         except UnknownNameError as e:
             raise TrialConfigError(str(e)) from e
         for key in ("phantom_n", "phantom_size"):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from pipeline.data import CachedRadiographs, build_items, load_labels, make_splits
+from pipeline.data import OUT_OF_SCOPE, CachedRadiographs, build_items, load_labels, make_splits
 from pipeline.dicom import iter_files
 from pipeline.io import cache_home
 from pipeline.preprocess import PreprocessConfig, build_cache
@@ -204,7 +204,7 @@ def load_data(
         progress=progress,
         data_dir=data_dir,
     )
-    items = build_items(index, table, data_dir=data_dir)
+    items = build_items(index, table, data_dir=data_dir, scope_policy=d.scope_policy)
     splits = make_splits(
         items.units,
         test=d.test_fraction,
@@ -337,8 +337,16 @@ def prepare(config: Mapping[str, Any], *, workers: int | None = None) -> dict[st
     folds = range(int(cfg.data.folds)) if cfg.data.cross_validates else [None]
     parts = [split_data(loaded, cfg, fold=k) for k in folds]
     first = parts[0]
+    items = loaded.items.summary()
     return {
         "splits": dict(first.summary["splits"]),
+        # files kept out by the out-of-scope decision, by kind, and those whose tags disagree
+        "out_of_scope": {
+            k.removeprefix(OUT_OF_SCOPE): v
+            for k, v in items["excluded_by_reason"].items()
+            if k.startswith(OUT_OF_SCOPE)
+        },
+        "tag_pixel_disagreements": items["tag_pixel_disagreements"],
         "fractures": dict(first.summary["fractures"]),
         "classes": {
             name: {int(k): int(v) for k, v in zip(*_unique(getattr(first, name).labels))}
