@@ -40,6 +40,25 @@ def claim_fault(config: dict) -> str:
     return "none"
 
 
+def _wait_for_the_driver(checkpoint_dir: Path, epoch: int, timeout: float = 60.0) -> None:
+    """Until the driver has recorded this trial's report of ``epoch`` in the experiment's
+    ``history.jsonl`` (the folder two levels above ``checkpoints/trial-NNNN``)."""
+    index = int(checkpoint_dir.name.rpartition("-")[2])
+    history = checkpoint_dir.parent.parent / "history.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if history.is_file():
+            for line in history.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line being written
+                    continue
+                if row.get("trial") == index and row.get("epoch") == epoch:
+                    return
+        time.sleep(0.02)
+    raise AssertionError(f"the driver never recorded epoch {epoch} of trial {index} in {history}")
+
+
 def faulty(config: dict, report) -> dict:
     """One trial with the fault it claimed: ``none``, ``raise``, ``nan`` (returns a NaN
     objective), ``nan_loss`` (NaN training loss at epoch 2), ``diverge`` (loss x 100 at
@@ -65,7 +84,7 @@ def faulty(config: dict, report) -> dict:
         time.sleep(sleep)
         if fault == "worker_kill" and epoch == 3 and not (folder / "killed").exists():
             (folder / "killed").write_text(str(os.getpid()))
-            time.sleep(1.0)  # the driver takes in the reports of epochs 1-2 first
+            _wait_for_the_driver(Path(config["checkpoint_dir"]), epoch=2)
             os._exit(1)  # the worker process dies, as on a node failure or the OOM killer
         if fault == "raise" and epoch == 2:
             raise RuntimeError("simulated crash in epoch 2")
