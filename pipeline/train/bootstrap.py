@@ -22,23 +22,14 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from pipeline.train.metrics import ECE_BINS, type_predictions
+from pipeline.train.metrics import ECE_BINS, METRIC_KEYS, type_predictions
 from pipeline.train.tasks import Task
 
 #: the metrics a bootstrap draws (``val/<name>_sem`` in every per-epoch report)
-BOOTSTRAP_METRICS = (
-    "auroc",
-    "ap",
-    "sensitivity",
-    "specificity",
-    "balanced_accuracy",
-    "precision",
-    "f1",
-    "f2",
-    "macro_f1",
-    "accuracy",
+#: every score of :data:`METRIC_KEYS` (not the threshold, which is held fixed, nor the
+#: counts) and the 7-class kappa
+BOOTSTRAP_METRICS = tuple(k for k in METRIC_KEYS if k not in ("threshold", "n", "prevalence")) + (
     "kappa",
-    "ece",
 )
 #: resamples per validation epoch (standard errors) and for a final report (intervals)
 SEM_RESAMPLES = 200
