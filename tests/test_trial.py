@@ -83,7 +83,7 @@ def test_run_final_writes_a_self_describing_model(tiny, tmp_path):
     summary = run_final(tiny, out, bootstrap=50)
     for name in ("model.pt", "config.yaml", "metrics.json", "predictions.csv", "report.html"):
         assert (out / name).exists(), name
-    assert summary["threshold_source"].startswith("validation, for this model")
+    assert summary["threshold_source"].startswith("validation split for the kept model")
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"]["test/threshold"] == summary["threshold"]
     assert saved["kept"] == "final" and "nothing to compare" in saved["decision"]["reason"]

@@ -125,7 +125,7 @@ def run_final(
             in_chans=int(prepared.train.channels),
             drop_rate=cfg.train.drop_rate,
             threshold=kept.threshold,
-            threshold_source=f"validation, for this model ({kept.source})",
+            threshold_source=f"validation split for the kept model, {kept.source}",
             preprocess=cfg.preprocess,
             views=cfg.data.views,
             missing_view=cfg.data.missing_view,

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustness.phi import phi_strings, scan_tree
+from robustness.phi import phi_strings, scan_tree, tiny_space
 from search.experiment import ExperimentFolder
 from search.privacy import public_command, public_text
 from search.statefiles import DataLocationUnknown
@@ -49,32 +49,13 @@ platform.node = lambda: {HOST!r}
 
 
 def _space(data_dir: Path, cache_dir: Path) -> dict:
+    """The two-trial search of ``robustness.phi``, named "knees", on the validation loss."""
+    space = tiny_space(data_dir, cache_dir)
+    space["parameters"].update(batch_size=4, steps_per_epoch=2)
     return {
+        **space,
         "name": "knees",
-        "seed": 0,
-        "data": {"data_dir": str(data_dir), "cache_dir": str(cache_dir)},
         "objective": {"metric": "val/loss", "direction": "minimize"},
-        "parameters": {
-            "backbone": "test_resnet",
-            "pretrained": "none",
-            "image_size": 32,
-            "batch_size": 4,
-            "steps_per_epoch": 2,
-            "localize": False,
-            "val_fraction": 0.25,
-            "test_fraction": 0.25,
-            "lr": {"type": "range", "bounds": [1e-4, 1e-2], "scale": "log"},
-        },
-        "budget": {
-            "trials": 2,
-            "concurrency": 1,
-            "cpus_per_trial": 1,
-            "epochs": 1,
-            "scheduler": "none",
-            "initial_trials": 2,
-            "final_epochs": 1,
-        },
-        "tracking": {"mode": "offline", "project": "privacy"},
     }
 
 
