@@ -152,7 +152,7 @@ def real_images(images: Path, work: Path, sheet: Path | None) -> bool:
                 "decision (score)",
                 "knee box (x0, y0, x1, y1)",
                 "IoU vs hand box",
-                "as expected",
+                "in or out of scope as expected",
             ],
             rows,
         )
@@ -161,6 +161,12 @@ def real_images(images: Path, work: Path, sheet: Path | None) -> bool:
     print(f"\nfrontal knees found with IoU >= 0.6: {found}/{frontal}")
     taken = [n for n in names if truth.get(n, {}).get("expected") != "frontal_knee" and n in wrong]
     print(f"lateral, skyline, ankle or hip taken as a frontal knee: {len(taken)} {taken or ''}")
+    exact = sum(
+        str((by_file.get(n) or [None])[0].scope.get("scope")) == truth.get(n, {}).get("expected")
+        for n in names
+        if by_file.get(n) and by_file[n][0].scope
+    )
+    print(f"decided as the exact expected class: {exact}/{len(names)}")
     print(f"tags (KNEE / AP on every file) and pixels disagree on {len(items.disagreements)}:")
     for d in items.disagreements:
         print(f"  {d}")
