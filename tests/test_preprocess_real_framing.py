@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import test_preprocess_steps as step_tests  # the leg the step tests draw
 
 from pipeline.dicom import parse_spacing, read_radiograph
 from pipeline.preprocess import KneeLocalizer, PreprocessConfig, preprocess
@@ -19,16 +20,9 @@ from pipeline.preprocess.hog import box_iou
 from pipeline.synth.clinical import jpeg_roundtrip
 
 
-def leg(h: int = 320, w: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A leg (soft tissue and textured bone) running off the top and bottom; the bone mask."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.full((h, w), 0.05, np.float32)
-    soft = np.abs(xx - w / 2) < 0.3 * w
-    bone = np.abs(xx - w / 2) < 0.12 * w
-    img[soft] = 0.3
-    img[bone] = 0.65 + 0.1 * (np.cos(yy / 4.0) * np.cos(xx / 3.0))[bone]
-    img += 0.01 * rng.standard_normal((h, w)).astype(np.float32)
+def leg() -> tuple[np.ndarray, np.ndarray]:
+    """The leg of the step tests, clipped: (image, bone mask)."""
+    img, _, bone = step_tests.leg()
     return np.clip(img, 0, 1), bone
 
 

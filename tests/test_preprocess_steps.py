@@ -59,11 +59,12 @@ def test_pad_square_step_keeps_the_map_to_source():
 # --------------------------------------------------------------------------- clean
 
 
-def leg_radiograph(
-    h: int = 320, w: int = 256, seed: int = 0, collimate: bool = True
-) -> tuple[np.ndarray, dict]:
-    """A leg (soft tissue + textured bone), two burned-in letters, a rotated collimation field."""
-    rng = np.random.default_rng(seed)
+def leg(
+    h: int = 320, w: int = 256, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A leg (soft tissue and textured bone) running off the top and bottom, on air:
+    (image, soft-tissue mask, bone mask)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.full((h, w), 0.05, np.float32)
     soft = np.abs(xx - w / 2) < 0.3 * w
@@ -71,6 +72,15 @@ def leg_radiograph(
     img[soft] = 0.3
     img[bone] = 0.65 + 0.1 * (np.cos(yy / 4.0) * np.cos(xx / 3.0))[bone]
     img += 0.01 * rng.standard_normal((h, w)).astype(np.float32)
+    return img, soft, bone
+
+
+def leg_radiograph(
+    h: int = 320, w: int = 256, seed: int = 0, collimate: bool = True
+) -> tuple[np.ndarray, dict]:
+    """A leg (soft tissue + textured bone), two burned-in letters, a rotated collimation field."""
+    rng = np.random.default_rng(seed)
+    img, soft, bone = leg(h, w, rng)
     # burned-in letters: one over air, one over soft tissue
     marks = np.zeros((h, w), np.uint8)
     cv2.putText(marks, "L", (int(0.06 * w), int(0.22 * h)), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 1, 3)
