@@ -28,9 +28,8 @@ from pipeline.train.tasks import Task
 #: the metrics a bootstrap draws (``val/<name>_sem`` in every per-epoch report)
 #: every score of :data:`METRIC_KEYS` (not the threshold, which is held fixed, nor the
 #: counts) and the 7-class kappa
-BOOTSTRAP_METRICS = tuple(k for k in METRIC_KEYS if k not in ("threshold", "n", "prevalence")) + (
-    "kappa",
-)
+_COUNTS = ("threshold", "n", "prevalence")
+BOOTSTRAP_METRICS = (*(k for k in METRIC_KEYS if k not in _COUNTS), "kappa")
 #: resamples per validation epoch (standard errors) and for a final report (intervals)
 SEM_RESAMPLES = 200
 CI_RESAMPLES = 1000
