@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from robustness.phi import TINY_PARAMETERS
 
 from search.__main__ import main
 from search.cluster import fit_concurrency
@@ -41,16 +42,7 @@ def _tiny_space(**budget) -> dict:
     return {
         "name": "tiny-gpu",
         "objective": {"metric": "val/auroc"},
-        "parameters": {
-            "backbone": "test_resnet",
-            "pretrained": "none",
-            "image_size": 32,
-            "batch_size": 8,
-            "localize": False,
-            "val_fraction": 0.25,
-            "test_fraction": 0.25,
-            "lr": {"type": "range", "bounds": [1e-4, 1e-2], "scale": "log"},
-        },
+        "parameters": dict(TINY_PARAMETERS),
         "budget": {
             "trials": 2,
             "concurrency": 2,

@@ -163,22 +163,26 @@ def scan_tree(
 # ---------------------------------------------------------------------------------------
 
 
+#: the smallest real trial a search can run: a test network at 32 px, lr searched
+TINY_PARAMETERS: dict[str, Any] = {
+    "backbone": "test_resnet",
+    "pretrained": "none",
+    "image_size": 32,
+    "batch_size": 8,
+    "localize": False,
+    "val_fraction": 0.25,
+    "test_fraction": 0.25,
+    "lr": {"type": "range", "bounds": [1e-4, 1e-2], "scale": "log"},
+}
+
+
 def tiny_space(data_dir, cache_dir) -> dict[str, Any]:
     return {
         "name": "privacy",
         "seed": 0,
         "data": {"data_dir": str(data_dir), "cache_dir": str(cache_dir)},
         "objective": {"metric": "val/auroc", "direction": "maximize"},
-        "parameters": {
-            "backbone": "test_resnet",
-            "pretrained": "none",
-            "image_size": 32,
-            "batch_size": 8,
-            "localize": False,
-            "val_fraction": 0.25,
-            "test_fraction": 0.25,
-            "lr": {"type": "range", "bounds": [1e-4, 1e-2], "scale": "log"},
-        },
+        "parameters": dict(TINY_PARAMETERS),
         "budget": {
             "trials": 2,
             "concurrency": 1,
