@@ -313,22 +313,21 @@ def pipeline_search(space: Any, root: Path, external: Any) -> dict[str, Any]:
     """One search; its best trial's validation score and external AUROC, and every
     trial's external AUROC."""
     from search.experiment import ExperimentFolder
-    from search.promote import trial_model_dir
     from search.runner import run_search
 
     result = run_search(space, name=space.name, results_dir=root, progress=False)
     folder = ExperimentFolder.open(result.path)
     best = folder.best() or {}
-    model_dir = trial_model_dir(folder, int(best["trial"])) if best else None
     metric = space.objective.metric
     values = [folder.trials[i].get("metrics", {}).get(metric) for i in sorted(folder.trials)]
+    externals = trial_externals(result.path, external)
     return {
         "values": values,
         "best_trial": best.get("trial"),
         "best_val": best.get("objective", {}).get("value"),
         "best_sem": best.get("objective", {}).get("sem"),
-        "external": external_auroc(model_dir, external) if model_dir else None,
-        "trial_externals": trial_externals(result.path, external),
+        "external": externals.get(str(best["trial"])) if best else None,
+        "trial_externals": externals,
         "wall_s": result.seconds,
         "config": best.get("parameters"),
     }
@@ -458,6 +457,8 @@ def pipeline_benchmark(args: argparse.Namespace) -> int:
         kept = root / f"{base.name}-{r['method']}-s{r['seed']}"
         if r["method"] != "baseline" and "trial_externals" not in r and kept.is_dir():
             r["trial_externals"] = trial_externals(kept, external)
+            if args.json:
+                args.json.write_text(json.dumps(records, indent=1, default=str))
     have = {(r["method"], r["seed"]) for r in records}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for method in ("baseline", "botorch", "random"):
