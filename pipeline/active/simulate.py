@@ -56,6 +56,7 @@ from pipeline.data import CachedRadiographs
 from pipeline.explain.inputs import infer
 from pipeline.io import atomic_write_text
 from pipeline.registry import UnknownNameError
+from pipeline.synth.identities import hash_int
 from pipeline.train import TrainData, fit, predict
 from pipeline.train.batches import dataset_labels
 from pipeline.train.metrics import classification_metrics
@@ -172,16 +173,8 @@ def prepare_simulation(config: SimulationConfig) -> tuple[Any, _Data]:
     labels = np.asarray([i.label for i in pool])
     if not (labels > 0).any() or not (labels == 0).any():
         raise SimulationError("the pool needs fractured and unfractured crops")
-    data = _Data(
-        pool=pool,
-        val=prepared.val,
-        test=prepared.test,
-        index=prepared.index,
-        views=cfg.data.views,
-        missing_view=cfg.data.missing_view,
-        root=root,
-    )
-    return cfg, data
+    views, missing = cfg.data.views, cfg.data.missing_view
+    return cfg, _Data(pool, prepared.val, prepared.test, prepared.index, views, missing, root)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -227,11 +220,7 @@ def _train(
     )
     t0 = time.perf_counter()
     models = [
-        fit(
-            cfg.train.replace(seed=member_seed(seed, e)),
-            train,
-            cache_root=data.root,
-        ).model
+        fit(cfg.train.replace(seed=member_seed(seed, e)), train, cache_root=data.root).model
         for e in range(ensemble)
     ]
     task = models[0].task
@@ -298,7 +287,7 @@ def simulate(
             start = initial_set(labels, config.initial, seed)
             models0, m0 = _train(cfg, data, start, seed, f"{seed}/initial", config.ensemble)
             for strategy in config.strategies:
-                rng = np.random.default_rng([seed, _stable(strategy)])
+                rng = np.random.default_rng([seed, hash_int(strategy)])
                 labeled, models = list(start), models0
                 record(strategy, seed, 0, labeled, m0)
                 for rnd in range(1, config.rounds + 1):
@@ -310,11 +299,6 @@ def simulate(
                     )
                     record(strategy, seed, rnd, labeled, m)
     return rows
-
-
-def _stable(text: str) -> int:
-    """A process-independent integer of a string (``hash`` is salted per process)."""
-    return int.from_bytes(text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
 
 
 # ----------------------------------------------------------------------------- summaries

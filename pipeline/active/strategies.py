@@ -35,6 +35,8 @@ choice, tie-breaks, k-means++ draws) comes only from the ``rng`` passed in.
   spreading the batch over different kinds of image. Score: the entropy. On the
   phantom it leads random choice most in the early rounds (120-200 labels); its later
   rounds, trained on many hard crops, retrain less steadily.
+- ``class_balanced``: uncertainty sampling with per-class quotas toward a balanced
+  labeled set (Bengar et al. 2022); score: the entropy.
 """
 
 from __future__ import annotations
@@ -266,11 +268,10 @@ def weighted_kmeans(
     d = _sq_dist(x, x[first : first + 1])[:, 0]  # (N,)
     while len(centers) < k:
         mass = w * d
-        i = (
-            int(rng.choice(len(x), p=mass / mass.sum()))
-            if mass.sum() > 0
-            else int(rng.integers(len(x)))
-        )
+        if mass.sum() > 0:
+            i = int(rng.choice(len(x), p=mass / mass.sum()))
+        else:
+            i = int(rng.integers(len(x)))
         centers.append(x[i])
         d = np.minimum(d, _sq_dist(x, x[i : i + 1])[:, 0])
     c = np.stack(centers)  # (k, D)
@@ -302,10 +303,8 @@ def diverse_uncertain(
     *,
     beta: int = 5,
 ) -> Selection:
-    """Diverse mini-batch active learning (Zhdanov 2019): the ``beta * k`` most uncertain
-    points are clustered by uncertainty-weighted k-means into ``k`` clusters and the
-    point nearest each center is chosen; indices (k,) best (most uncertain) first, and
-    their uncertainties."""
+    """Diverse mini-batch active learning (``entropy_kmeans`` in the module docstring)
+    on any ``uncertainty``: indices (k,) most uncertain first, and their uncertainties."""
     u = np.asarray(uncertainty, dtype=np.float64)  # (N,)
     x = np.asarray(embeddings, dtype=np.float64)  # (N, F)
     m = min(len(u), max(k, int(beta) * k))

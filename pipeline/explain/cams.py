@@ -183,13 +183,11 @@ def cam_layer(
     modules = dict(backbone.named_modules())
     if layer in ("auto", "last"):
         candidates = stages if layer == "auto" else stages[-1:]
-    else:
-        if layer not in modules or not layer:
-            names = [n for n in modules if n]
-            raise UnknownNameError(
-                "backbone layer", layer, stages + [n for n in names if n not in stages]
-            )
+    elif layer and layer in modules:
         candidates = [layer]
+    else:
+        names = [n for n in modules if n and n not in stages]
+        raise UnknownNameError("backbone layer", layer, stages + names)
     chosen = {n: modules[n] for n in candidates}
     c, h, w = (int(v) for v in input_shape[-3:])
     was_training = model.training
@@ -274,11 +272,10 @@ def lrp_model(
         if any(True for _ in module.children()):
             continue
         kind = type(module)
-        if kind in SUPPORTED_LAYERS_WITH_RULES:
+        if kind not in SUPPORTED_NON_LINEAR_LAYERS:
             module.rule = EpsilonRule(epsilon)
-        elif kind not in SUPPORTED_NON_LINEAR_LAYERS:
-            module.rule = EpsilonRule(epsilon)
-            approximated.add(kind.__name__)
+            if kind not in SUPPORTED_LAYERS_WITH_RULES:
+                approximated.add(kind.__name__)
     return copied, sorted(approximated)
 
 

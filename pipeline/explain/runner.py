@@ -139,7 +139,6 @@ def explain_dataset(
         raise ValueError("scoring heat maps needs the preprocessing configuration (preprocess=)")
     needed = sorted({i for idx in shown.values() for i in idx} | set(scored))
     x = images(dataset, needed)  # (M, C, H, W)
-    options = options or ExplainOptions()
     maps = heatmaps(model, x, method=method, target=target, options=options) if needed else None
     at = {i: k for k, i in enumerate(needed)}
     score_of = {
@@ -257,9 +256,7 @@ def _summary(
         "groups": {g: len(idx) for g, idx in groups.items() if idx},
         "scored": stats["n"],
         "empty_maps": stats["empty"],
-        "mass_inside": stats["mass_inside"],
-        "pointing_game": stats["pointing_game"],
-        "region_share": stats["region_share"],
+        **{key: stats[key] for key in ("mass_inside", "pointing_game", "region_share")},
         "pointing_tolerance_crop_px": tolerance,
     }
 

@@ -7,9 +7,7 @@ knee localisation), pads it to a square and resizes it, and records the result a
 axis-aligned affine map ``x_src = u * sx + tx``, ``y_src = v * sy + ty`` in *edge*
 coordinates (crop pixel ``u`` covers source columns ``[u*sx + tx, (u+1)*sx + tx)``).
 :func:`crop_geometry` recovers that map exactly by running the saved preprocessing
-chain on the source file again; :meth:`CropGeometry.from_box` rebuilds it from a
-cached crop box alone (the square the ``localize`` step cuts around the box), for
-when the source cannot be read.
+chain on the source file again.
 
 Two numbers per heat map (both in source-image space, so a map that puts its mass on
 the padding around an image is not rewarded):
@@ -61,34 +59,6 @@ class CropGeometry:
     crop_shape: tuple[int, int]  # (h, w) of the crop the model sees
     source_shape: tuple[int, int]  # (H, W) of the decoded source image
 
-    @classmethod
-    def from_box(
-        cls,
-        box: Sequence[float],
-        crop_size: int,
-        source_shape: tuple[int, int],
-        *,
-        context: float = 1.0,
-    ) -> CropGeometry:
-        """The square of side ``max(w, h) * context`` centred on ``box`` (x0, y0, x1, y1),
-        resized to ``crop_size``: what the ``localize`` and ``pad_square`` steps cut.
-
-        Exact for a localised crop whose detected box lies inside the image (the cached
-        box is clipped to the image, which moves the centre otherwise); approximate for
-        crops without localisation. Prefer :func:`crop_geometry` when the file is at hand.
-        """
-        x0, y0, x1, y1 = (float(v) for v in box)
-        side = max(x1 - x0, y1 - y0) * float(context)
-        if side <= 0 or crop_size < 1:
-            raise ValueError(f"box {tuple(box)} or crop size {crop_size} is empty")
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        s = side / crop_size
-        return cls(
-            to_source=(s, cx - side / 2, s, cy - side / 2),
-            crop_shape=(int(crop_size), int(crop_size)),
-            source_shape=(int(source_shape[0]), int(source_shape[1])),
-        )
-
     def crop_to_source(self, u: np.ndarray | float, v: np.ndarray | float) -> tuple[Any, Any]:
         """Crop pixel centres (u = column, v = row) -> source coordinates (pixel-centre
         convention, like the polygons)."""
@@ -100,17 +70,7 @@ class CropGeometry:
         reach outside the image where the crop was padded)."""
         sx, tx, sy, ty = self.to_source
         h, w = self.crop_shape
-        return (
-            math.floor(tx),
-            math.floor(ty),
-            math.ceil(tx + w * sx),
-            math.ceil(ty + h * sy),
-        )
-
-
-def default_tolerance(geometry: CropGeometry) -> float:
-    """The pointing-game tolerance in crop pixels: :data:`POINTING_TOLERANCE` of the side."""
-    return POINTING_TOLERANCE * max(geometry.crop_shape)
+        return math.floor(tx), math.floor(ty), math.ceil(tx + w * sx), math.ceil(ty + h * sy)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,7 +150,7 @@ def pointing_hit(
     region (``mask`` on ``canvas``); ``None``: :data:`POINTING_TOLERANCE` of the side."""
     heat = np.asarray(heat)
     if tolerance is None:
-        tolerance = default_tolerance(geometry)
+        tolerance = POINTING_TOLERANCE * max(geometry.crop_shape)
     if not mask.any():
         return False
     v, u = np.unravel_index(int(np.argmax(heat)), heat.shape)

@@ -17,13 +17,13 @@ INVERSE (bone stored dark, shown bright by the inverting presentation LUT).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from pydicom.dataelem import DataElement
 
-VOI_KINDS = ("window", "window_sigmoid", "window_linear_exact", "window_multi", "lut", "none")
 COLLIMATIONS = ("none", "white", "black", "edges_white", "edges_black")
 
 
@@ -86,10 +86,8 @@ def collimate(
     if kind == "none":
         return None
     h, w = image.shape
-    x0 = min(b[0] for b in keep)
-    y0 = min(b[1] for b in keep)
-    x1 = max(b[2] for b in keep)
-    y1 = max(b[3] for b in keep)
+    x0, y0 = (min(b[i] for b in keep) for i in (0, 1))
+    x1, y1 = (max(b[i] for b in keep) for i in (2, 3))
     mx, my = (x1 - x0) * rng.uniform(0.04, 0.2), (y1 - y0) * rng.uniform(0.04, 0.25)
     fx0, fx1 = max(x0 - mx, w * 0.02), min(x1 + mx, w * 0.98)
     if kind.startswith("edges"):
@@ -149,7 +147,7 @@ def burn_marker(
             continue
         if strict and body[max(y0 - pad, 0) : y1 + pad, max(x0 - pad, 0) : x1 + pad].any():
             continue
-        if any(x0 <= b[2] and b[0] <= x1 and y0 <= b[3] and b[1] <= y1 for b in boxes):
+        if not clear_of((x0, y0, x1, y1), boxes):
             continue
         mask = np.zeros((h, w), np.uint8)
         cv2.putText(mask, text, (int(x), int(y)), font, scale, 1, thickness, cv2.LINE_AA)
@@ -157,6 +155,12 @@ def burn_marker(
         np.maximum(image, mask.astype(np.float32) * level, out=image)
         return [int(x0), int(y0), int(x1), int(y1)]
     return None
+
+
+def clear_of(box: Sequence[float], boxes: Sequence[Sequence[float]]) -> bool:
+    """Whether ``box`` (x0, y0, x1, y1, inclusive) overlaps none of ``boxes``."""
+    x0, y0, x1, y1 = box
+    return not any(x0 <= b[2] and b[0] <= x1 and y0 <= b[3] and b[1] <= y1 for b in boxes)
 
 
 def stored_range(bits: int, signed: bool) -> tuple[int, int]:

@@ -68,9 +68,13 @@ class Frame:
         v = ys[:, None] * c - xs[None, :] * s
         return u, v
 
+    def corners(self, u0: float, v0: float, u1: float, v1: float) -> np.ndarray:
+        """The pixel (x, y) of a local box's four corners (4, 2)."""
+        return self.to_px(np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]]))
+
     def window(self, u0: float, v0: float, u1: float, v1: float, shape: tuple[int, int]):
         """Pixel window ``(x0, y0, x1, y1)`` covering a local box, clipped to the image."""
-        corners = self.to_px(np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]]))
+        corners = self.corners(u0, v0, u1, v1)
         x0, y0 = np.floor(corners.min(axis=0)).astype(int)
         x1, y1 = np.ceil(corners.max(axis=0)).astype(int) + 1
         h, w = shape
@@ -138,13 +142,32 @@ def chaikin(points: np.ndarray, iterations: int = 2, closed: bool = True) -> np.
     return p
 
 
+def _window(pts_px: np.ndarray, shape: tuple[int, int], pad: int):
+    """The pixel window ``(x0, y0, x1, y1)`` round points, ``pad`` pixels wider, clipped
+    to the image; None when it is under 2 pixels a side."""
+    h, w = shape
+    x0, y0 = np.maximum(np.floor(pts_px.min(axis=0)).astype(int) - pad, 0)
+    x1, y1 = np.minimum(np.ceil(pts_px.max(axis=0)).astype(int) + pad + 1, (w, h))
+    return None if x1 - x0 < 2 or y1 - y0 < 2 else (int(x0), int(y0), int(x1), int(y1))
+
+
+def _depth(pts_px: np.ndarray, shape: tuple[int, int], scale: float, pad: int):
+    """The window round an outline (:func:`_window`), the outline's filled mask in it
+    and each pixel's depth under the outline in mm; None when the window is empty."""
+    window = _window(pts_px, shape, pad)
+    if window is None:
+        return None
+    x0, y0, x1, y1 = window
+    mask = fill_mask((y1 - y0, x1 - x0), [pts_px], x0, y0)
+    return window, mask, cv2.distanceTransform(mask, cv2.DIST_L2, 5) * np.float32(1.0 / scale)
+
+
 def add_line(layer: np.ndarray, pts_px: np.ndarray, value: float, width_px: float) -> None:
     """Add (not paint) a polyline of ``value`` to ``layer``, blurred over its width."""
-    h, w = layer.shape
-    x0, y0 = np.maximum(np.floor(pts_px.min(axis=0)).astype(int) - 4, 0)
-    x1, y1 = np.minimum(np.ceil(pts_px.max(axis=0)).astype(int) + 5, (w, h))
-    if x1 - x0 < 2 or y1 - y0 < 2:
+    window = _window(pts_px, layer.shape, 4)
+    if window is None:
         return
+    x0, y0, x1, y1 = window
     line = np.zeros((y1 - y0, x1 - x0), np.float32)
     pts = np.round((pts_px - (x0, y0)) * 16).astype(np.int32)
     cv2.polylines(line, [pts], False, float(value), max(round(width_px), 1), cv2.LINE_8, 4)
@@ -177,16 +200,10 @@ def draw_bone(
     ``shaft_from`` (mm of |v|): beyond it the cortex thickens and the core empties, as
     along a diaphysis.
     """
-    pts = frame.to_px(outline_uv)
-    h, w = layer.shape
-    x0, y0 = np.floor(pts.min(axis=0)).astype(int) - 2
-    x1, y1 = np.ceil(pts.max(axis=0)).astype(int) + 3
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if x1 - x0 < 2 or y1 - y0 < 2:
+    found = _depth(frame.to_px(outline_uv), layer.shape, frame.scale, 2)
+    if found is None:
         return None
-    mask = fill_mask((y1 - y0, x1 - x0), [pts], x0, y0)
-    d = cv2.distanceTransform(mask, cv2.DIST_L2, 5)  # (h, w) px to the outline
-    d *= np.float32(1.0 / frame.scale)  # mm
+    (x0, y0, x1, y1), mask, d = found  # d: (h, w) mm to the outline
     core = np.sqrt(np.minimum(d, core_mm) * np.float32(1.0 / core_mm))
     if shaft_from is not None:
         _, v = frame.grid(x0, y0, x1, y1)
@@ -222,15 +239,10 @@ def soft_tissue(
     vs = np.array([v for v, _ in half_widths])
     hw = np.array([r for _, r in half_widths])
     outline = np.concatenate([np.stack([-hw, vs], 1), np.stack([hw, vs], 1)[::-1]])
-    pts = frame.to_px(outline)
-    h, w = layer.shape
-    x0, y0 = np.floor(pts.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(pts.max(axis=0)).astype(int) + 1
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if x1 - x0 < 2 or y1 - y0 < 2:
+    found = _depth(frame.to_px(outline), layer.shape, frame.scale, 0)
+    if found is None:
         return
-    mask = fill_mask((y1 - y0, x1 - x0), [pts], x0, y0)
-    d = cv2.distanceTransform(mask, cv2.DIST_L2, 5) * np.float32(1.0 / frame.scale)
+    (x0, y0, x1, y1), _, d = found
     r = np.float32(np.median(hw))
     d = np.minimum(d, r)
     chord = 2.0 * np.sqrt(d * (2.0 * r - d))  # mm through a cylinder of radius r
@@ -355,8 +367,7 @@ def knee_box_uv(k: KneeShape) -> tuple[float, float, float, float]:
 
 def box_px(frame: Frame, box_uv, shape: tuple[int, int]) -> list[int]:
     """Axis-aligned pixel box ``[x0, y0, x1, y1]`` of a rotated local box, in the image."""
-    u0, v0, u1, v1 = box_uv
-    corners = frame.to_px(np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]]))
+    corners = frame.corners(*box_uv)
     h, w = shape
     x0, y0 = np.clip(np.floor(corners.min(axis=0)), 0, [w - 1, h - 1])
     x1, y1 = np.clip(np.ceil(corners.max(axis=0)), 0, [w - 1, h - 1])
@@ -402,27 +413,18 @@ def draw_knee_ap(shape, k: KneeShape, pose: Pose, texture, mu_soft: float) -> Kn
     draw_bone(tibia, tibia_ap(k), ft, texture, density=rho, shaft_from=shaft)
     draw_variants(tibia, other, ft, f, k, "AP")
     if abs(pose.rim_offset) > 0.5:  # the posterior plateau rim projects as a second line
-        wt, s0 = k.plateau_width, k.gap / 2.0
-        rim = np.array(
-            [
-                [-0.47 * wt, s0 + pose.rim_offset],
-                [-0.15 * wt, s0 + pose.rim_offset],
-                [0.12 * wt, s0 + pose.rim_offset],
-                [0.47 * wt, s0 + pose.rim_offset],
-            ]
-        )
+        us = np.array([-0.47, -0.15, 0.12, 0.47]) * k.plateau_width
+        rim = np.stack([us, np.full(4, k.gap / 2.0 + pose.rim_offset)], axis=1)
         add_line(tibia, ft.to_px(rim), 0.1 * rho, 0.8 * ft.scale)
     return KneeLayers(tibia, other, ft, box_px(f, knee_box_uv(k), shape))
 
 
 def add_blob(layer: np.ndarray, outline_px: np.ndarray, value: float, blur_px: float) -> None:
     """Add a filled, blurred polygon of ``value`` (a small bony density) to ``layer``."""
-    h, w = layer.shape
-    pad = int(3 * blur_px) + 2
-    x0, y0 = np.maximum(np.floor(outline_px.min(axis=0)).astype(int) - pad, 0)
-    x1, y1 = np.minimum(np.ceil(outline_px.max(axis=0)).astype(int) + pad + 1, (w, h))
-    if x1 - x0 < 2 or y1 - y0 < 2:
+    window = _window(outline_px, layer.shape, int(3 * blur_px) + 2)
+    if window is None:
         return
+    x0, y0, x1, y1 = window
     blob = fill_mask((y1 - y0, x1 - x0), [outline_px], x0, y0).astype(np.float32)
     layer[y0:y1, x0:x1] += np.float32(value) * cv2.GaussianBlur(blob, (0, 0), max(blur_px, 0.3))
 
@@ -677,12 +679,8 @@ def draw_ankle(shape, frame: Frame, texture, rng: np.random.Generator, mu_soft: 
 
 def soft_tissue_poly(layer: np.ndarray, frame: Frame, outline_uv: np.ndarray, mu: float):
     """Soft tissue of an arbitrary outline (thickness grows with depth under the skin)."""
-    pts = frame.to_px(outline_uv)
-    h, w = layer.shape
-    x0, y0 = np.maximum(np.floor(pts.min(axis=0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 1, (w, h))
-    if x1 - x0 < 2 or y1 - y0 < 2:
+    found = _depth(frame.to_px(outline_uv), layer.shape, frame.scale, 0)
+    if found is None:
         return
-    mask = fill_mask((y1 - y0, x1 - x0), [pts], x0, y0)
-    d = cv2.distanceTransform(mask, cv2.DIST_L2, 5) * np.float32(1.0 / frame.scale)
+    (x0, y0, x1, y1), _, d = found
     layer[y0:y1, x0:x1] += np.float32(mu) * 2.0 * np.sqrt(d * 12.0)

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from . import anatomy
-from .acquisition import expose
+from .acquisition import clear_of, expose
 from .parts import draw_skyline
 
 STYLES = ("phantom", "clinical")
@@ -169,11 +169,6 @@ def _second_view(c: Clinical, spacing: float, mu_soft: float, rng: np.random.Gen
 # --------------------------------------------------------------------------- artefacts
 
 
-def _clear_of(box: tuple[int, int, int, int], boxes: list[list[int]]) -> bool:
-    x0, y0, x1, y1 = box
-    return not any(x0 <= b[2] and b[0] <= x1 and y0 <= b[3] and b[1] <= y1 for b in boxes)
-
-
 def _shutter(c: Clinical, rng: np.random.Generator) -> None:
     """A bright collimator blade entering from one edge at any angle, clear of the knees."""
     h, w = c.display.shape
@@ -220,7 +215,7 @@ def _text(c: Clinical, rng: np.random.Generator) -> None:
             box = (x, y - th, x + tw, y + base)
             if box[0] < 0 or box[1] < 0 or box[2] >= w or box[3] >= h:
                 continue
-            if _clear_of(box, c.boxes()) and _clear_of(box, placed):
+            if clear_of(box, c.boxes()) and clear_of(box, placed):
                 mask = np.zeros((h, w), np.uint8)
                 cv2.putText(
                     mask, word, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 1, thick, cv2.LINE_AA
@@ -267,7 +262,7 @@ def _redaction(c: Clinical, rng: np.random.Generator) -> None:
         bw, bh = int(w * rng.uniform(0.1, 0.3)), int(h * rng.uniform(0.03, 0.08))
         x = 0 if rng.random() < 0.5 else w - bw
         y = int(rng.choice([0, h - bh, int(rng.uniform(0, h - bh))]))
-        if _clear_of((x, y, x + bw, y + bh), c.boxes()):
+        if clear_of((x, y, x + bw, y + bh), c.boxes()):
             c.display[y : y + bh, x : x + bw] = np.float32(rng.choice([0.0, 1.0]))
             c.notes["redaction"] = [x, y, x + bw, y + bh]
             return
@@ -283,7 +278,7 @@ def _positioning(c: Clinical, rng: np.random.Generator) -> None:
     for _ in range(8):
         at = int(rng.choice([rng.uniform(0.0, 0.15), rng.uniform(0.85, 1.0)]) * (n - k))
         box = (at, 0, at + k, h - 1) if vertical else (0, at, w - 1, at + k)
-        if not _clear_of(box, c.boxes()):
+        if not clear_of(box, c.boxes()):
             continue
         band = c.display[:, at : at + k] if vertical else c.display[at : at + k, :]
         if rng.random() < 0.5:

@@ -12,7 +12,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -34,9 +34,9 @@ from .dicom_writer import (
     syntax_name,
 )
 from .fractures import draw_fracture
-from .identities import SITES, dicom_age, dicom_date, make_uid
+from .identities import SITES, dicom_age, dicom_date, hash_int, make_uid
 from .parts import ALL_OTHER_PARTS, DEFAULT_OTHER_PARTS, draw_part
-from .plan import DEFAULT_OTHER_SHARE, READERS, ImageSpec, plan_dataset
+from .plan import DEFAULT_OTHER_SHARE, READERS, ImageSpec, Plan, plan_dataset
 
 GENERATOR_VERSION = "1.2"
 # 1.2: other_parts (hips, chests, skyline views), other_share and the clinical style;
@@ -99,23 +99,12 @@ def generate(
     params.update(_parts(other_parts, other_share))
     if check_choice("style", style, clinical.STYLES) != "phantom":
         params["style"] = style
-    n, seed, workers = params["n"], params["seed"], operator.index(workers)
+    workers = operator.index(workers)
     out = Path(out_dir)
     (out / "dicom").mkdir(parents=True, exist_ok=True)
-    plan = plan_dataset(
-        n,
-        seed,
-        size=params["size"],
-        fracture_rate=fracture_rate,
-        labeled_fraction=labeled_fraction,
-        transfer_syntaxes=params["transfer_syntaxes"],
-        bits_stored=params["bits_stored"],
-        other_parts=params.get("other_parts", DEFAULT_OTHER_PARTS),
-        other_share=params.get("other_share", DEFAULT_OTHER_SHARE),
-    )
+    plan = _plan(params)
     _remove_stale(out, {spec.file for spec in plan.images})
-    specs = [replace(spec, style=style) for spec in plan.images]
-    records = _render_all([(spec, str(out)) for spec in specs], workers)
+    records = _render_all([(replace(spec, style=style), str(out)) for spec in plan.images], workers)
     summary = _write_sidecars(out, records, plan.label_rows, params)
     return {**summary, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 3)}
 
@@ -172,14 +161,13 @@ def _parts(other_parts: Sequence[str] | None, other_share: float) -> dict:
 
 
 def _integer(name: str, value: object, minimum: int) -> int:
+    message = f"{name} must be an integer >= {minimum}, got {value!r}"
     try:
-        if isinstance(value, bool):
-            raise TypeError
         number = operator.index(value)  # ints and numpy integers, not floats
     except TypeError:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(message) from None
+    if isinstance(value, bool) or number < minimum:
+        raise ValueError(message)
     return number
 
 
@@ -197,16 +185,7 @@ def planned_labels(
     Rows the readers tie on count as labeled here; the labels CSV sends them to
     adjudication instead, so the real count is a little lower.
     """
-    params = _validate(n, seed, size, labeled_fraction, fracture_rate, None, None, 1)
-    plan = plan_dataset(
-        params["n"],
-        params["seed"],
-        size=params["size"],
-        fracture_rate=fracture_rate,
-        labeled_fraction=labeled_fraction,
-        transfer_syntaxes=params["transfer_syntaxes"],
-        bits_stored=params["bits_stored"],
-    )
+    plan = _plan(_validate(n, seed, size, labeled_fraction, fracture_rate, None, None, 1))
     labeled = {
         r["file"]
         for r in plan.label_rows
@@ -218,13 +197,27 @@ def planned_labels(
     return {"labeled": len(knees), "fractured": sum(k.schatzker > 0 for k in knees)}
 
 
+def _plan(params: dict) -> Plan:
+    """The plan of a set from its checked parameters (:func:`_validate`, :func:`_parts`)."""
+    return plan_dataset(
+        params["n"],
+        params["seed"],
+        size=params["size"],
+        fracture_rate=params["fracture_rate"],
+        labeled_fraction=params["labeled_fraction"],
+        transfer_syntaxes=params["transfer_syntaxes"],
+        bits_stored=params["bits_stored"],
+        other_parts=params.get("other_parts", DEFAULT_OTHER_PARTS),
+        other_share=params.get("other_share", DEFAULT_OTHER_SHARE),
+    )
+
+
 def _validate(n, seed, size, labeled_fraction, fracture_rate, syntaxes, bits, workers) -> dict:
     n = _integer("n", n, 1)
     seed = _integer("seed", seed, 0)
     workers = _integer("workers", workers, 1)
     if not isinstance(size, (tuple, list)):
-        size = _integer("size", size, 96)
-        shape: int | tuple[int, int] = size
+        shape: int | list[int] = _integer("size", size, 96)
     else:
         try:
             rows, cols = (_integer("size", x, 96) for x in size)
@@ -232,7 +225,7 @@ def _validate(n, seed, size, labeled_fraction, fracture_rate, syntaxes, bits, wo
             raise ValueError(
                 f"size must be an int or (rows, columns), each >= 96, got {size!r}"
             ) from None
-        shape = (rows, cols)
+        shape = [rows, cols]
     for name, value in (("labeled_fraction", labeled_fraction), ("fracture_rate", fracture_rate)):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -248,7 +241,7 @@ def _validate(n, seed, size, labeled_fraction, fracture_rate, syntaxes, bits, wo
     return {
         "n": n,
         "seed": seed,
-        "size": shape if isinstance(shape, int) else list(shape),
+        "size": shape,
         "labeled_fraction": float(labeled_fraction),
         "fracture_rate": float(fracture_rate),
         "transfer_syntaxes": names,
@@ -285,8 +278,7 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, dict, list, dict]:
     rng = np.random.default_rng([spec.seed, 1, spec.index])
     rows, cols = spec.shape
     hd = spec.header
-    fov = hd["fov_mm"]
-    spacing = fov / (cols if spec.bilateral else rows)  # mm per pixel
+    spacing = hd["fov_mm"] / (cols if spec.bilateral else rows)  # mm per pixel
     attenuation, knees_truth = _draw_anatomy(spec, spacing, rng)
     body = attenuation > 0.02
     display, _noise = expose(attenuation, spacing, rng)
@@ -305,7 +297,17 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, dict, list, dict]:
                 markers.append({"text": text, "box": box})
     notes = None
     if spec.style == "clinical":
-        c = _clinical(spec, display, body, knees_truth, markers, spacing)
+        c = clinical.finish(
+            display,
+            body,
+            knees_truth,
+            markers,
+            view=spec.view,
+            bilateral=spec.bilateral,
+            spacing=spacing,
+            mu_soft=MU_SOFT,
+            rng=np.random.default_rng([spec.seed, 4, spec.index]),  # the style's own generator
+        )
         display, body, knees_truth, markers, notes = c.display, c.body, c.knees, c.markers, c.notes
         if notes.get("secondary_capture"):  # 8 bits, shown as stored
             acq = replace(acq, photometric="MONOCHROME2", presentation_lut=None, bits_stored=8)
@@ -325,21 +327,6 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, dict, list, dict]:
     return pixels, fields, private, record
 
 
-def _clinical(spec: ImageSpec, display, body, knees_truth, markers, spacing) -> clinical.Clinical:
-    """The clinical style's changes to one rendered image (a generator of their own)."""
-    return clinical.finish(
-        display,
-        body,
-        knees_truth,
-        markers,
-        view=spec.view,
-        bilateral=spec.bilateral,
-        spacing=spacing,
-        mu_soft=MU_SOFT,
-        rng=np.random.default_rng([spec.seed, 4, spec.index]),
-    )
-
-
 def _draw_anatomy(
     spec: ImageSpec, spacing: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, list[dict]]:
@@ -349,7 +336,6 @@ def _draw_anatomy(
     texture = anatomy.trabecular_texture(rng, (rows, cols), spacing)
     attenuation = np.zeros((rows, cols), np.float32)
     knees_truth = []
-    sex = spec.patient["sex"]
     if spec.view in ("OTHER", "SKYLINE"):
         frame = anatomy.Frame(
             cols * rng.uniform(0.42, 0.58),
@@ -365,7 +351,7 @@ def _draw_anatomy(
         centers = _knee_centres(spec, rng)
         for knee, (cx, cy) in zip(spec.knees, centers):
             shape = anatomy.KneeShape.draw(
-                np.random.default_rng([spec.seed, 2, knee.anatomy_key]), sex
+                np.random.default_rng([spec.seed, 2, knee.anatomy_key]), spec.patient["sex"]
             )
             pose = _pose(spec, knee, cx, cy, spacing, shape, rng)
             draw_knee = anatomy.draw_knee_lat if spec.view == "LAT" else anatomy.draw_knee_ap
@@ -440,8 +426,7 @@ def _pose(spec, knee, cx, cy, spacing, shape, rng) -> anatomy.Pose:
     )
     angle = np.radians(rng.uniform(-10, 10) if not spec.bilateral else rng.uniform(-5, 5))
     frame = anatomy.Frame(cx, cy, 1.0 / spacing, angle, mirror)
-    u0, v0, u1, v1 = anatomy.knee_box_uv(shape)
-    corners = frame.to_px(np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]]))
+    corners = frame.corners(*anatomy.knee_box_uv(shape))
     (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
     dx = max(0.0, 2 - x0) - max(0.0, x1 - (cols - 3))
     dy = max(0.0, 2 - y0) - max(0.0, y1 - (rows - 3))
@@ -482,14 +467,9 @@ def _header(spec: ImageSpec, spacing: float, rng: np.random.Generator) -> dict:
         "StudyInstanceUID": study["uid"],
         "SeriesInstanceUID": make_uid(spec.seed, "series", spec.index),
         "ImageType": ["ORIGINAL", "PRIMARY"] if site.modality == "CR" else ["DERIVED", "PRIMARY"],
-        "StudyDate": date,
-        "SeriesDate": date,
-        "AcquisitionDate": date,
-        "ContentDate": date,
+        **dict.fromkeys(["StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"], date),
         "StudyTime": study["time"],
-        "SeriesTime": acq_time,
-        "AcquisitionTime": acq_time,
-        "ContentTime": acq_time,
+        **dict.fromkeys(["SeriesTime", "AcquisitionTime", "ContentTime"], acq_time),
         "AccessionNumber": study["accession"],
         "Modality": site.modality,
         "Manufacturer": site.manufacturer,
@@ -581,18 +561,13 @@ def _private(spec: ImageSpec, rng: np.random.Generator) -> list:
     ]
 
 
-def hash_int(text: str) -> int:
-    """A process-independent integer hash of ``text`` (``hash()`` is salted per run)."""
-    return int.from_bytes(text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
-
-
 def _counts(records: list[dict], rows: list[dict]) -> dict:
     knees = [k for r in records for k in r["knees"]]
     return {
         "images": len(records),
         "patients": len({r["patient"] for r in records}),
         "studies": len({r["study"] for r in records}),
-        "views": dict(sorted(Counter(r["view"] for r in records).items())),
+        "views": _tally(r["view"] for r in records),
         "bilateral": sum(r["bilateral"] for r in records),
         "knees": len(knees),
         "schatzker_knees": {str(t): sum(k["schatzker"] == t for k in knees) for t in range(7)},
@@ -600,15 +575,14 @@ def _counts(records: list[dict], rows: list[dict]) -> dict:
         "label_rows": len(rows),
         "labeled_rows": sum(bool(r["schatzker"]) for r in rows),
         "reader_only_rows": sum(not r["schatzker"] and bool(r["schatzker_r1"]) for r in rows),
-        "transfer_syntaxes": dict(sorted(Counter(r["transfer_syntax"] for r in records).items())),
-        "photometric": dict(
-            sorted(
-                Counter(
-                    f"{r['photometric']}/{r['presentation_lut'] or '-'}" for r in records
-                ).items()
-            )
+        "transfer_syntaxes": _tally(r["transfer_syntax"] for r in records),
+        "photometric": _tally(
+            f"{r['photometric']}/{r['presentation_lut'] or '-'}" for r in records
         ),
-        "bits_stored": {
-            str(b): c for b, c in sorted(Counter(r["bits_stored"] for r in records).items())
-        },
+        "bits_stored": {str(b): c for b, c in _tally(r["bits_stored"] for r in records).items()},
     }
+
+
+def _tally(values: Iterable) -> dict:
+    """How often each value occurs, by value."""
+    return dict(sorted(Counter(values).items()))

@@ -64,7 +64,6 @@ def build_dataset(
     transfer_syntax: str = "uncompressed",
     fields: Mapping[str, Any] | None = None,
     private: Iterable[PrivateTag] = (),
-    photometric: str | None = None,
     bits_stored: int | None = None,
 ) -> Dataset:
     """A dataset holding ``pixels`` (H, W) uint16 or int16, encoded in ``transfer_syntax``.
@@ -89,9 +88,7 @@ def build_dataset(
     for keyword, value in fields.items():
         _set(ds, keyword, value)
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric or fields.get(
-        "PhotometricInterpretation", "MONOCHROME2"
-    )
+    ds.PhotometricInterpretation = fields.get("PhotometricInterpretation", "MONOCHROME2")
     ds.Rows, ds.Columns = arr.shape
     ds.BitsAllocated = 16
     ds.BitsStored = bits
@@ -136,7 +133,6 @@ def write_dicom(
     transfer_syntax: str = "uncompressed",
     fields: Mapping[str, Any] | None = None,
     private: Iterable[PrivateTag] = (),
-    photometric: str | None = None,
     bits_stored: int | None = None,
 ) -> Path:
     """Write ``pixels`` as a DICOM file (atomically) and return its path.
@@ -149,7 +145,6 @@ def write_dicom(
         transfer_syntax=transfer_syntax,
         fields=fields,
         private=private,
-        photometric=photometric,
         bits_stored=bits_stored,
     )
     return atomic_write_bytes(path, dataset_bytes(ds))
@@ -193,12 +188,10 @@ def _set(ds: Dataset, keyword: str, value: Any) -> None:
     if isinstance(value, DataElement):
         ds.add(value)
     elif isinstance(value, list) and value and isinstance(value[0], Mapping):
-        items = []
-        for item in value:
-            sub = Dataset()
+        items = [Dataset() for _ in value]
+        for sub, item in zip(items, value):
             for k, v in item.items():
                 _set(sub, k, v)
-            items.append(sub)
         setattr(ds, keyword, Sequence(items))
     else:
         setattr(ds, keyword, value)

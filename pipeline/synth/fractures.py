@@ -77,13 +77,6 @@ class Canvas:
         self.roi = layer[y0:y1, x0:x1]  # a view: edits land in the layer
         self.u, self.v = frame.grid(x0, y0, x1, y1)  # (h, w) mm each
 
-    @property
-    def empty(self) -> bool:
-        return self.roi.size == 0
-
-    def px(self, uv: np.ndarray) -> np.ndarray:
-        return self.frame.to_px(uv)
-
 
 def _soft_step(x: np.ndarray, width: float) -> np.ndarray:
     return np.clip(x / width + 0.5, 0.0, 1.0)
@@ -117,20 +110,13 @@ def split(
         frag *= _soft_step(v_limit - c.v, soft)
     if abs(move[0]) + abs(move[1]) + abs(rotate_deg) > 0:
         piece = c.roi * frag
-        pivot = c.px(a[None])[0] - (c.x0, c.y0)
+        pivot = c.frame.to_px(a[None])[0] - (c.x0, c.y0)
         m = cv2.getRotationMatrix2D(
             (float(pivot[0]), float(pivot[1])), -rotate_deg * c.frame.mirror, 1.0
         )
         m[:, 2] += c.frame.vec_px(move)
         h, w = c.roi.shape
-        moved = cv2.warpAffine(
-            piece,
-            m,
-            (w, h),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0.0,
-        )
+        moved = cv2.warpAffine(piece, m, (w, h))  # bilinear, zero outside
         c.roi[:] = c.roi * (1.0 - frag) + moved
     # the lucent line, fading out past both ends
     inside = np.clip(np.minimum(along + 2.0, length + 2.0 - along) / 2.0, 0.0, 1.0)
@@ -140,7 +126,7 @@ def split(
     quad = np.array(
         [a - half * n - 2 * t, b - half * n + 2 * t, b + half * n + 2 * t, a + half * n - 2 * t]
     )
-    return c.px(quad)
+    return c.frame.to_px(quad)
 
 
 def depress(
@@ -165,18 +151,10 @@ def depress(
     # every destination pixel takes the bone from delta mm above it, along -v
     e_v = c.frame.vec_px((0.0, 1.0))  # pixels per mm of +v
     h, w = c.roi.shape
-    xs = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
-    ys = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
+    ys, xs = np.mgrid[:h, :w].astype(np.float32)
     map_x = xs - (delta * e_v[0]).astype(np.float32)
     map_y = ys - (delta * e_v[1]).astype(np.float32)
-    moved = cv2.remap(
-        c.roi * mask,
-        map_x,
-        map_y,
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0.0,
-    )
+    moved = cv2.remap(c.roi * mask, map_x, map_y, cv2.INTER_LINEAR)  # zero outside
     c.roi[:] = c.roi * (1.0 - mask) + moved
     # impacted trabeculae under the depressed fragment
     band = np.exp(-0.5 * ((depth_v - delta - 2.0) / 1.6) ** 2) * across
@@ -185,7 +163,7 @@ def depress(
     us = np.linspace(u_from, u_to, 6)
     upper = np.stack([us, surface(us) + top], 1)
     lower = np.stack([us[::-1], surface(us[::-1]) + bottom], 1)
-    return c.px(np.concatenate([upper, lower]))
+    return c.frame.to_px(np.concatenate([upper, lower]))
 
 
 def draw_fracture(
@@ -205,7 +183,7 @@ def draw_fracture(
     if schatzker == 0:
         return []
     c = Canvas(tibia, frame, k)
-    if c.empty:
+    if c.roi.size == 0:
         return []
     sev = Severity.of(visibility)
     draw = _lat_fracture if view == "LAT" else _ap_fracture
@@ -270,19 +248,8 @@ def _ap_fracture(
         for sign in (-1.0, 1.0):
             p0 = (sign * g.uniform(0.02, 0.08) * wt, s0 - 5.0)
             p1 = (sign * 0.62 * wt, s0 + g.uniform(0.35, 0.5) * wt)
-            frag = (sign * 0.45 * wt, s0 + 0.1 * wt)
-            polys.append(
-                split(
-                    c,
-                    p0,
-                    p1,
-                    frag,
-                    (0.5 * sign * d, 0.7 * d),
-                    sign * tilt,
-                    sev,
-                    v_limit=p1[1] + 1.0,
-                )
-            )
+            frag, move = (sign * 0.45 * wt, s0 + 0.1 * wt), (0.5 * sign * d, 0.7 * d)
+            polys.append(split(c, p0, p1, frag, move, sign * tilt, sev, v_limit=p1[1] + 1.0))
     elif schatzker == 6:
         _metaphyseal(c, g, sev, polys)
     return polys
@@ -296,19 +263,10 @@ def _metaphyseal(c: Canvas, g: np.random.Generator, sev: Severity, polys: list) 
     vl = s0 + g.uniform(0.42, 0.58) * wt
     dv = g.uniform(-0.12, 0.12) * wt
     p0, p1 = (-0.65 * wt, vl - dv), (0.65 * wt, vl + dv)
-    if g.random() < 0.6:
+    if g.random() < 0.6:  # an articular split down to the line, undisplaced
         u0 = g.uniform(-0.06, 0.06) * wt
-        polys.append(
-            split(
-                c,
-                (u0, s0 - 5.0),
-                (u0 + g.uniform(-0.1, 0.1) * wt, vl),
-                (wt, s0),
-                (0.0, 0.0),
-                0.0,
-                sev,
-            )
-        )
+        end = (u0 + g.uniform(-0.1, 0.1) * wt, vl)
+        polys.append(split(c, (u0, s0 - 5.0), end, (wt, s0), (0.0, 0.0), 0.0, sev))
     shift = g.choice((-1.0, 1.0)) * sev.displacement
     angle = g.choice((-1.0, 1.0)) * (1.5 + 1.2 * sev.tilt)
     # the plateau block above the line moves on the shaft

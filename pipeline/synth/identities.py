@@ -178,14 +178,17 @@ SITES: tuple[Site, ...] = (
     ),
 )
 
-EPOCH = dt.date(1930, 1, 1)
-
 
 def make_uid(seed: int, *parts: object) -> str:
     """A DICOM UID under the UUID-derived root ``2.25``, fixed for (seed, parts)."""
     text = "radsearch-synth|" + "|".join(str(p) for p in (seed, *parts))
     value = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:16], "big")
     return f"2.25.{value}"
+
+
+def hash_int(text: str) -> int:
+    """A process-independent integer hash of ``text`` (``hash()`` is salted per run)."""
+    return int.from_bytes(text.encode("utf-8")[:8].ljust(8, b"\0"), "little")
 
 
 def day(rng: np.random.Generator, first: dt.date, last: dt.date) -> dt.date:

@@ -99,28 +99,30 @@ class Plan:
     label_rows: list[dict]
 
 
-def _image_shape(size: int | tuple[int, int], kind: str, rng: np.random.Generator):
+def _image_shape(size: int | tuple[int, int], bilateral: bool, rng: np.random.Generator):
     if not isinstance(size, int):
         return int(size[0]), int(size[1])
-    if kind == "bilateral":
+    if bilateral:
         return round(0.8 * size), size
     aspect = rng.choice([1.0, 0.8, 0.83], p=[0.5, 0.3, 0.2])
     return size, round(aspect * size)
 
 
-_OTHER_WORDS = {"HIP": ("HIP", "CADERA"), "CHEST": ("CHEST", "TORAX")}
+#: body part -> (English word, Spanish word, view) of its descriptions
+_OTHER_WORDS = {
+    "HAND": ("HAND", "MANO", "PA"),
+    "ANKLE": ("ANKLE", "TOBILLO", "AP"),
+    "HIP": ("HIP", "CADERA", "AP"),
+    "CHEST": ("CHEST", "TORAX", "AP"),
+}
 
 
 def _descriptions(site_spanish: bool, view: str, body: str, side: str, rng) -> tuple[str, str]:
     """(series description, study description) in the site's language and habits."""
     es = site_spanish
-    if body == "HAND":
-        return ("MANO PA" if es else "HAND PA"), ("RX MANO" if es else "XR HAND")
-    if body == "ANKLE":
-        return ("TOBILLO AP" if es else "ANKLE AP"), ("RX TOBILLO" if es else "XR ANKLE")
     if body in _OTHER_WORDS:
-        word, palabra = _OTHER_WORDS[body]
-        return (f"{palabra} AP" if es else f"{word} AP"), (f"RX {palabra}" if es else f"XR {word}")
+        word, palabra, projection = _OTHER_WORDS[body]
+        return f"{palabra if es else word} {projection}", f"RX {palabra}" if es else f"XR {word}"
     if view == "SKYLINE":
         series = (
             "RODILLA AXIAL ROTULA" if es else str(rng.choice(["KNEE SKYLINE", "PATELLA AXIAL"]))
@@ -217,8 +219,7 @@ def plan_dataset(
         patient_no += 1
         person = fake_patient(rng, seed, patient_no)
         site = sites.next() if rng.random() < 0.85 or not images else images[-1].site
-        injured = injured_deck.next()
-        injury = (types.next(), str(rng.choice(["L", "R"]))) if injured else (0, "")
+        injury = (types.next(), str(rng.choice(["L", "R"]))) if injured_deck.next() else (0, "")
         usual_side = injury[1] or str(rng.choice(["L", "R"]))
         n_studies = int(rng.choice([1, 2, 3, 4], p=[0.45, 0.3, 0.15, 0.1]))
         when = dt.date(2012, 1, 1) + dt.timedelta(days=int(rng.integers(0, 4000)))
@@ -231,8 +232,9 @@ def plan_dataset(
             study = _study(rng, seed, person, patient_no, study_no, when, site)
             labeled = labeled_deck.next()
             common = dict(size=size, site=site, person=person, study=study, side=usual_side)
-            if kind == "other":
-                spec = _other_spec(rng, decks, seed, len(images), common, other_parts)
+            if kind == "other":  # another body part, or the knee's skyline view
+                body, view = part_kind(str(rng.choice(list(other_parts))))
+                spec = _spec(rng, decks, seed=seed, idx=len(images), view=view, body=body, **common)
                 images.append(spec)
                 if rng.random() < 0.5:
                     rows.append(_row(spec.file, "", ""))
@@ -243,9 +245,6 @@ def plan_dataset(
             for view in views:
                 idx = len(images)
                 partner = (first + 1 if idx == first else first) if len(views) == 2 else None
-                vknees = knees
-                if view == "LAT":
-                    vknees = tuple(_dim(k, rng) for k in knees)
                 spec = _spec(
                     rng,
                     decks,
@@ -254,7 +253,7 @@ def plan_dataset(
                     view=view,
                     body="KNEE",
                     bilateral=kind == "bilateral",
-                    knees=vknees,
+                    knees=tuple(_dim(k, rng) for k in knees) if view == "LAT" else knees,
                     partner=partner,
                     **common,
                 )
@@ -263,31 +262,6 @@ def plan_dataset(
                 with_label = labeled and view != "LAT"
                 rows.extend(_label_rows(spec, with_label, rng, reader_only, reader_patterns))
     return Plan(images, rows)
-
-
-def _other_spec(
-    rng: np.random.Generator,
-    decks: AcquisitionDecks,
-    seed: int,
-    idx: int,
-    common: dict,
-    other_parts: Sequence[str] = DEFAULT_OTHER_PARTS,
-) -> ImageSpec:
-    """A study of another body part (a hand, an ankle, ...) or of the knee's skyline
-    view: what a real folder mixes in."""
-    body, view = part_kind(str(rng.choice(list(other_parts))))
-    return _spec(
-        rng,
-        decks,
-        seed=seed,
-        idx=idx,
-        view=view,
-        body=body,
-        bilateral=False,
-        knees=(),
-        partner=None,
-        **common,
-    )
 
 
 def _study_knees(
@@ -390,21 +364,19 @@ def _spec(
     idx: int,
     view: str,
     body: str,
-    bilateral: bool,
-    knees: tuple[KneeSpec, ...],
-    partner: int | None,
     size: int | tuple[int, int],
     site: int,
     person: dict,
     study: dict,
     side: str,
+    bilateral: bool = False,
+    knees: tuple[KneeSpec, ...] = (),
+    partner: int | None = None,
 ) -> ImageSpec:
     acq = decks.deal(rng)
-    kind = "bilateral" if bilateral else "unilateral"
-    st = SITES[site]
     shown_side = "B" if bilateral else (knees[0].laterality if knees else side)
     series, study_desc = _descriptions(
-        st.spanish, "BILATERAL" if bilateral else view, body, shown_side, rng
+        SITES[site].spanish, "BILATERAL" if bilateral else view, body, shown_side, rng
     )
     spacing_style = str(
         rng.choice(
@@ -435,7 +407,7 @@ def _spec(
         bilateral=bilateral,
         knees=tuple(knees),
         partner=partner,
-        shape=_image_shape(size, kind, rng),
+        shape=_image_shape(size, bilateral, rng),
         site=site,
         patient=person,
         study=study,
