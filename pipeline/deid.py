@@ -483,9 +483,6 @@ def _mark_deidentified(ds: Dataset, retained: bool) -> tuple[str, ...]:
     codes = [("113100", "Basic Application Confidentiality Profile")]
     if retained:
         codes.append(("113108", "Retain Patient Characteristics Option"))
-    method = "PS3.15 basic profile, salted pseudonyms"
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = method
     items = []
     for value, meaning in codes:
         item = Dataset()
@@ -493,14 +490,15 @@ def _mark_deidentified(ds: Dataset, retained: bool) -> tuple[str, ...]:
         item.CodingSchemeDesignator = "DCM"
         item.CodeMeaning = meaning
         items.append(item)
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
-    ds.LongitudinalTemporalInformationModified = "REMOVED"
-    return (
-        "PatientIdentityRemoved",
-        "DeidentificationMethod",
-        "DeidentificationMethodCodeSequence",
-        "LongitudinalTemporalInformationModified",
-    )
+    marks = {
+        "PatientIdentityRemoved": "YES",
+        "DeidentificationMethod": "PS3.15 basic profile, salted pseudonyms",
+        "DeidentificationMethodCodeSequence": Sequence(items),
+        "LongitudinalTemporalInformationModified": "REMOVED",
+    }
+    for keyword, value in marks.items():
+        setattr(ds, keyword, value)
+    return tuple(marks)
 
 
 def _label(tag: BaseTag, prefix: str) -> str:

@@ -356,8 +356,11 @@ def _process(path: str, job: _Job, sha: str | None = None) -> dict[str, Any]:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # recorded, never stops the build
-        reason = str(e).splitlines()[0] if str(e) else repr(e)
-        return {"path": path, "error": type(e).__name__, "reason": reason}
+        return _error(path, e, str(e).splitlines()[0] if str(e) else repr(e))
+
+
+def _error(path: str, e: BaseException, reason: str) -> dict[str, Any]:
+    return {"path": path, "error": type(e).__name__, "reason": reason}
 
 
 def _build(
@@ -504,11 +507,7 @@ def _stat_hits(
         try:
             st = os.stat(path)
         except OSError as e:
-            results[path] = {
-                "path": path,
-                "error": type(e).__name__,
-                "reason": f"{path}: {e.strerror or e}",
-            }
+            results[path] = _error(path, e, f"{path}: {e.strerror or e}")
             continue
         if rec and rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
             sidecar = store.read_sidecar(rec[2])

@@ -217,7 +217,11 @@ def run_crop_first(
     """
     raw = r.raw
     H, W = raw.shape
-    a = analysis if analysis is not None else analyse_background(_analysis_copy(r, p), p.clean)
+    a = (
+        analysis
+        if analysis is not None
+        else analyse_background(_analysis_copy(r, p.clean.analysis_size), p.clean)
+    )
     region = a.region((W, H))
     spacing = parse_spacing(r.meta.get("pixel_spacing_mm"))
     x0, y0 = region[:2]
@@ -293,16 +297,16 @@ def process_file(
     p = plan(config)
     if p is None or not _averageable(r) or not _default_clean(p.clean):
         return preprocess_raw(r, config), r.meta, scope_of_raw(r)
-    small = _analysis_copy(r, p)
+    small = _analysis_copy(r, p.clean.analysis_size)
     a = analyse_background(small, p.clean)
     sh, sw = small.shape
     return to_crops(run_crop_first(r, p, a)), r.meta, decide_preview(a.preview((sw, sh)))
 
 
-def _analysis_copy(r: RawRadiograph, p: CropFirstPlan) -> np.ndarray:
-    """chain(downsample(raw)): the stored values area-averaged to ``clean``'s analysis size,
-    then the grey-level chain (float32, (sh, sw))."""
-    return r.grey(shrink(r.raw, p.clean.analysis_size)[0])
+def _analysis_copy(r: RawRadiograph, size: int) -> np.ndarray:
+    """chain(downsample(raw)): the stored values area-averaged to ``size`` (``clean``'s
+    analysis size), then the grey-level chain (float32, (sh, sw))."""
+    return r.grey(shrink(r.raw, size)[0])
 
 
 def _default_clean(c: CleanParams) -> bool:
@@ -315,10 +319,8 @@ def scope_of_raw(r: RawRadiograph) -> ScopeDecision:
     values area-averaged, then the grey-level chain, as the crop-first route makes it)."""
     size = BackgroundOptions().analysis_size
     if _averageable(r):
-        small = r.grey(shrink(r.raw, size)[0])
-    else:
-        small, _ = shrink(r.grey(r.raw), size)
-    return decide_small(small)
+        return decide_small(_analysis_copy(r, size))
+    return decide_small(shrink(r.grey(r.raw), size)[0])
 
 
 __all__ = [

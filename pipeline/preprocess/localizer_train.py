@@ -211,20 +211,6 @@ def _mine(loc: KneeLocalizer, sample: Sample, per_image: int) -> list[np.ndarray
     return out
 
 
-def _read_samples(
-    data_dir: Path,
-    truth: Sequence[TruthImage],
-    reader: Callable[..., RadiographLike],
-    progress: Callable[[str], None] | None,
-) -> list[Sample]:
-    samples = []
-    for i, t in enumerate(truth):
-        samples.append(prepare_sample(reader(str(data_dir / t.file)), t))
-        if progress is not None and (i + 1) % 50 == 0:
-            progress(f"read {i + 1}/{len(truth)} images")
-    return samples
-
-
 def _fit_svm(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
     svm = LinearSVC(
         C=c, class_weight="balanced", loss="hinge", max_iter=20000, random_state=seed, dual=True
@@ -302,7 +288,11 @@ def train_localizer(
     rng = np.random.default_rng(seed)
     samples: list[Sample] = []
     for d in dirs:
-        samples += _read_samples(d, load_truth(d, view=view)[:limit], reader, progress)
+        truth = load_truth(d, view=view)[:limit]
+        for i, t in enumerate(truth):
+            samples.append(prepare_sample(reader(str(d / t.file)), t))
+            if progress is not None and (i + 1) % 50 == 0:
+                progress(f"read {i + 1}/{len(truth)} images")
     if not samples:
         raise ValueError(f"no {view.upper()} knee images with boxes in {', '.join(map(str, dirs))}")
 
