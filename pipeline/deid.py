@@ -31,7 +31,6 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,17 +255,8 @@ _META_REMOVE = (0x00020016, 0x00020017, 0x00020018)
 # removal where the profile allows it (the strictest choice), else a zero-length
 # value, else a dummy. X/Z/U* keeps the reference sequence and replaces the UIDs
 # inside it, which keeps image references consistent.
-_RESOLVED = {
-    "X": "X",
-    "Z": "Z",
-    "D": "D",
-    "U": "U",
-    "X/Z": "X",
-    "X/D": "X",
-    "X/Z/D": "X",
-    "Z/D": "Z",
-    "X/Z/U*": "U*",
-}
+_RESOLVED = dict.fromkeys(("X", "X/Z", "X/D", "X/Z/D"), "X") | dict.fromkeys(("Z", "Z/D"), "Z")
+_RESOLVED |= {"D": "D", "U": "U", "X/Z/U*": "U*"}
 
 # Dates, times and person names the table does not list (Instance Creation Date,
 # Date of Last Calibration, any other name): emptied too, as E.2 asks of "dates and
@@ -281,36 +271,18 @@ _DUMMY_BY_VR: dict[str, object] = {
     "AS": "000Y",
     "IS": "0",
     "DS": "0",
-    "US": 0,
-    "SS": 0,
-    "UL": 0,
-    "SL": 0,
-    "UV": 0,
-    "SV": 0,
-    "FL": 0.0,
-    "FD": 0.0,
+    **dict.fromkeys(("US", "SS", "UL", "SL", "UV", "SV"), 0),
+    **dict.fromkeys(("FL", "FD"), 0.0),
 }
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"}
 
 _PATIENT_NAME, _PATIENT_ID, _ISSUER = 0x00100010, 0x00100020, 0x00100021
 _INSTITUTION, _STATION, _STUDY_UID, _STUDY_ID = 0x00080080, 0x00081010, 0x0020000D, 0x00200010
-_PATIENT_SEX, _PATIENT_AGE, _PATIENT_SIZE, _PATIENT_WEIGHT = (
-    0x00100040,
-    0x00101010,
-    0x00101020,
-    0x00101030,
-)
-# Retain Patient Characteristics Option (PS3.15 E.3.8): kept when asked.
-_PATIENT_CHARACTERISTICS = {
-    _PATIENT_SEX,
-    _PATIENT_AGE,
-    _PATIENT_SIZE,
-    _PATIENT_WEIGHT,
-    0x00102160,
-    0x001021A0,
-    0x001021C0,
-    0x00102203,
-}
+_PATIENT_AGE = 0x00101010
+# Retain Patient Characteristics Option (PS3.15 E.3.8): kept when asked. Sex, age, size,
+# weight, ethnic group, smoking status, pregnancy status, sex neutered.
+_SEX_AGE_SIZE_WEIGHT = {0x00100040, _PATIENT_AGE, 0x00101020, 0x00101030}
+_PATIENT_CHARACTERISTICS = _SEX_AGE_SIZE_WEIGHT | {0x00102160, 0x001021A0, 0x001021C0, 0x00102203}
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -511,9 +483,6 @@ def _mark_deidentified(ds: Dataset, retained: bool) -> tuple[str, ...]:
     codes = [("113100", "Basic Application Confidentiality Profile")]
     if retained:
         codes.append(("113108", "Retain Patient Characteristics Option"))
-    method = "PS3.15 basic profile, salted pseudonyms"
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = method
     items = []
     for value, meaning in codes:
         item = Dataset()
@@ -521,14 +490,15 @@ def _mark_deidentified(ds: Dataset, retained: bool) -> tuple[str, ...]:
         item.CodingSchemeDesignator = "DCM"
         item.CodeMeaning = meaning
         items.append(item)
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
-    ds.LongitudinalTemporalInformationModified = "REMOVED"
-    return (
-        "PatientIdentityRemoved",
-        "DeidentificationMethod",
-        "DeidentificationMethodCodeSequence",
-        "LongitudinalTemporalInformationModified",
-    )
+    marks = {
+        "PatientIdentityRemoved": "YES",
+        "DeidentificationMethod": "PS3.15 basic profile, salted pseudonyms",
+        "DeidentificationMethodCodeSequence": Sequence(items),
+        "LongitudinalTemporalInformationModified": "REMOVED",
+    }
+    for keyword, value in marks.items():
+        setattr(ds, keyword, value)
+    return tuple(marks)
 
 
 def _label(tag: BaseTag, prefix: str) -> str:
@@ -550,22 +520,8 @@ def _text(ds: Dataset, tag: int) -> str:
 
 
 def _is_empty(value: object) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str | bytes | list | tuple):
-        return len(value) == 0
-    return False
+    return value is None or (isinstance(value, str | bytes | list | tuple) and len(value) == 0)
 
 
 def _dummy(vr: str) -> object | None:
-    if vr in _DUMMY_BY_VR:
-        return _DUMMY_BY_VR[vr]
-    if vr in _TEXT_VRS:
-        return _DUMMY_TEXT
-    return None
-
-
-def profile_tags(actions: Iterable[str] | None = None) -> list[int]:
-    """Tags of Table E.1-1 whose basic-profile action is one of ``actions`` (all if None)."""
-    wanted = set(actions) if actions is not None else None
-    return sorted(t for t, a in BASIC_PROFILE.items() if wanted is None or a in wanted)
+    return _DUMMY_BY_VR.get(vr, _DUMMY_TEXT if vr in _TEXT_VRS else None)

@@ -48,17 +48,9 @@ class LookupTable:
     bits: int
     data: bytes
 
-    @classmethod
-    def from_values(cls, first: int, bits: int, values: Any) -> LookupTable:
-        return cls(first=int(first), bits=int(bits), data=np.asarray(values, dtype="<i4").tobytes())
-
-    @property
-    def entries(self) -> np.ndarray:
-        return np.frombuffer(self.data, dtype="<i4")
-
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Look up ``x`` (float64): values below ``first`` take the first entry, above the last."""
-        table = self.entries.astype(np.float64)
+        table = np.frombuffer(self.data, dtype="<i4").astype(np.float64)
         index = np.clip(np.floor(x - self.first), 0, len(table) - 1).astype(np.intp)
         return table[index]
 
@@ -125,9 +117,7 @@ class GreyLevelChain:
                     f"Rescale Slope {slope} / Intercept {intercept} is not a usable transform"
                 )
         voi_lut = _lut_from_sequence(ds, "VOILUTSequence", signed_first=signed or intercept < 0)
-        window = None
-        if voi_lut is None:
-            window = _window(ds)
+        window = _window(ds) if voi_lut is None else None
         photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
         shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
         return cls(
@@ -451,7 +441,7 @@ def _lut_from_sequence(ds: Dataset, keyword: str, *, signed_first: bool) -> Look
         raise ValueError(f"{keyword} has no LUT Data")
     if not 1 <= bits <= 16:
         bits = max(1, int(values.max()).bit_length())
-    return LookupTable.from_values(first, bits, values)
+    return LookupTable(first=first, bits=bits, data=values.astype("<i4").tobytes())
 
 
 def _window(ds: Dataset) -> Window | None:
@@ -488,4 +478,4 @@ def _float_attr(ds: Dataset, keyword: str, default: float) -> float:
     value = ds.get(keyword)
     if value is None or value == "":
         return default
-    return float(_first_float(value))
+    return _first_float(value)

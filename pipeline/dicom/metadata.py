@@ -75,25 +75,29 @@ def _str(ds: Dataset, keyword: str, *, upper: bool = False) -> str | None:
     if isinstance(value, list | tuple | MultiValue):
         value = "\\".join(str(v) for v in value)
     text = " ".join(str(value).split())
-    if not text:
-        return None
-    return text.upper() if upper else text
+    return (text.upper() if upper else text) or None
 
 
 def meta_of(ds: Dataset, path: Path, salt: bytes) -> dict[str, Any]:
     """The de-identified ``meta`` dict of a parsed data set (:data:`META_KEYS`), keyed by ``salt``."""
     modality = _str(ds, "Modality", upper=True)
-    spacing = None
     keywords = (
         ("ImagerPixelSpacing", "PixelSpacing") if modality in ("DX", "CR") else ("PixelSpacing",)
     )
-    for keyword in keywords:
-        spacing = parse_spacing(_get(ds, keyword))
-        if spacing is not None:
-            break
+    spacing = next(filter(None, (parse_spacing(_get(ds, k)) for k in keywords)), None)
     laterality = _str(ds, "ImageLaterality", upper=True) or _str(ds, "Laterality", upper=True)
     series = _str(ds, "SeriesDescription")
-    meta: dict[str, Any] = {
+    patient = [p for p in (_str(ds, "PatientID"), _str(ds, "IssuerOfPatientID")) if p]
+    site = [p for p in (_str(ds, "InstitutionName"), _str(ds, "StationName")) if p]
+    study = _str(ds, "StudyID")
+    if not (study and re.fullmatch(r"S-[0-9a-f]{12}", study)):  # a de-identified copy keeps its key
+        uid = _str(ds, "StudyInstanceUID")
+        study = pseudonym("study", uid, salt) if uid else None
+    try:
+        syntax = transfer_syntax(ds, path).name
+    except DicomError:
+        syntax = None
+    return {
         "pixel_spacing_mm": spacing,
         "modality": modality,
         "view": _str(ds, "ViewPosition", upper=True),
@@ -108,28 +112,11 @@ def meta_of(ds: Dataset, path: Path, salt: bytes) -> dict[str, Any]:
         "columns": _int_or_none(_get(ds, "Columns")),
         "patient_sex": {"F": 0.0, "M": 1.0}.get(_str(ds, "PatientSex", upper=True) or ""),
         "patient_age": _age(ds),
-        "patient_key": None,
-        "study_key": None,
-        "site_key": None,
-        "transfer_syntax": None,
+        "patient_key": pseudonym("patient", "\x1f".join(patient), salt) if patient else None,
+        "study_key": study,
+        "site_key": pseudonym("site", "\x1f".join(site), salt) if site else None,
+        "transfer_syntax": syntax,
     }
-    patient = [p for p in (_str(ds, "PatientID"), _str(ds, "IssuerOfPatientID")) if p]
-    if patient:
-        meta["patient_key"] = pseudonym("patient", "\x1f".join(patient), salt)
-    study_id = _str(ds, "StudyID")
-    study_uid = _str(ds, "StudyInstanceUID")
-    if study_id and re.fullmatch(r"S-[0-9a-f]{12}", study_id):  # a de-identified copy keeps its key
-        meta["study_key"] = study_id
-    elif study_uid:
-        meta["study_key"] = pseudonym("study", study_uid, salt)
-    site = [p for p in (_str(ds, "InstitutionName"), _str(ds, "StationName")) if p]
-    if site:
-        meta["site_key"] = pseudonym("site", "\x1f".join(site), salt)
-    try:
-        meta["transfer_syntax"] = transfer_syntax(ds, path).name
-    except DicomError:
-        meta["transfer_syntax"] = None
-    return meta
 
 
 def _orientation(value: Any) -> tuple[str, str] | None:

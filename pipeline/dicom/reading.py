@@ -1,10 +1,5 @@
-"""Reading radiographs: ``read_radiograph(path) -> Radiograph``, right on real-world files.
-
-One function turns a DICOM file into a float32 image in [0, 1] with bone bright,
-whatever the file's encoding, bit depth, grey-level transforms or photometric
-interpretation, plus a dict of typed, de-identified header values
-(:mod:`pipeline.dicom.metadata`). :func:`read_raw` stops before the grey-level chain,
-so a caller can run the chain on the pixels it keeps only.
+"""``read_radiograph(path) -> Radiograph`` (see :mod:`pipeline.dicom`), and :func:`read_raw`,
+which stops before the grey-level chain so a caller can run it on the pixels it keeps only.
 """
 
 from __future__ import annotations
@@ -74,11 +69,9 @@ def _read_for_pixels(path: Path) -> Dataset:
 
 
 def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = None) -> Radiograph:
-    """Decode one radiograph and run the grey-level chain; see the module docstring.
-
-    Raises a :class:`DicomError` subclass for every file that is not a readable 2-D
-    greyscale image. ``salt`` keys the pseudonyms in ``meta`` (default: :func:`pipeline.deid.resolve_salt`).
-    """
+    """Decode one radiograph and run the grey-level chain; a :class:`DicomError` subclass for
+    every file that is not a readable 2-D greyscale image. ``salt`` keys the pseudonyms in
+    ``meta`` (default: :func:`pipeline.deid.resolve_salt`)."""
     path = Path(path)
     ds = _read_for_pixels(path)  # parsed here, not deeper: a deep file fails as it always did
     r = _raw_of(ds, path, salt)
@@ -86,29 +79,14 @@ def read_radiograph(path: str | os.PathLike[str], *, salt: str | bytes | None = 
 
 
 def read_raw(path: str | os.PathLike[str], *, salt: str | bytes | None = None) -> RawRadiograph:
-    """Decode one radiograph's stored values without running the grey-level chain.
-
-    Every check of :func:`read_radiograph` applies (it is this plus the chain).
-    """
+    """Decode one radiograph's stored values; every check of :func:`read_radiograph` applies
+    (it is this plus the grey-level chain)."""
     path = Path(path)
     return _raw_of(_read_for_pixels(path), path, salt)
 
 
 def _raw_of(ds: Dataset, path: Path, salt: str | bytes | None) -> RawRadiograph:
-    """:func:`read_raw` on a parsed data set."""
-    raw, chain, mask = _decoded(ds, path)
-    return RawRadiograph(
-        raw=raw,
-        chain=chain,
-        mask_unused_bits=mask,
-        meta=meta_of(ds, path, resolve_salt(salt)),
-        path=path,
-    )
-
-
-def _decoded(ds: Dataset, path: Path) -> tuple[np.ndarray, GreyLevelChain, bool]:
-    """The checks, grey-level chain and decoding shared by :func:`read_radiograph` and
-    :func:`read_raw`: (stored values (H, W), chain, whether the chain must mask stray bits)."""
+    """:func:`read_raw` on a parsed data set: the checks, grey-level chain and decoding."""
     with header_values(path):
         check_greyscale_image(ds, path)
     try:
@@ -125,4 +103,10 @@ def _decoded(ds: Dataset, path: Path) -> tuple[np.ndarray, GreyLevelChain, bool]
         raise UnsupportedImageError(
             path, f"decoded pixel array has shape {raw.shape}, not ({rows}, {cols})"
         )
-    return raw, chain, leaves_stray_bits(transfer_syntax(ds, path))
+    return RawRadiograph(
+        raw=raw,
+        chain=chain,
+        mask_unused_bits=leaves_stray_bits(transfer_syntax(ds, path)),
+        meta=meta_of(ds, path, resolve_salt(salt)),
+        path=path,
+    )

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +49,7 @@ class ScanResult:
 
     def error_counts(self) -> dict[str, int]:
         """Number of skipped files per error class, most frequent first."""
-        counts: dict[str, int] = {}
-        for s in self.skipped:
-            counts[s.error] = counts.get(s.error, 0) + 1
+        counts = Counter(s.error for s in self.skipped)
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -95,13 +94,9 @@ def scan_folder(
     for path in iter_files(folder):
         try:
             m = read_radiograph(path, salt=key).meta if decode else _header_only(path, key)
-        except DicomError as e:
-            skipped.append(SkippedFile(path=path, error=type(e).__name__, reason=e.reason))
-            continue
-        except Exception as e:  # an unforeseen failure is reported, never fatal to the scan
-            skipped.append(
-                SkippedFile(path=path, error=type(e).__name__, reason=short_reason(e, 300))
-            )
+        except Exception as e:  # an unforeseen failure is reported too, never fatal to the scan
+            reason = e.reason if isinstance(e, DicomError) else short_reason(e, 300)
+            skipped.append(SkippedFile(path=path, error=type(e).__name__, reason=reason))
             continue
         files.append(path)
         meta[path] = m

@@ -35,12 +35,6 @@ from pipeline.preprocess.localizer import KneeBox, KneeLocalizer
 from pipeline.preprocess.scope import SCOPES, ScopeDecision, ScopeModel, decide_image
 from pipeline.preprocess.steps import STEPS, PreprocessWarning, Work, register_step
 
-
-def list_steps() -> list[str]:
-    """Names of the registered preprocessing steps."""
-    return STEPS.names()
-
-
 __all__ = [
     "SCOPES",
     "STEPS",
@@ -61,7 +55,6 @@ __all__ = [
     "build_cache",
     "decide_image",
     "default_cache_root",
-    "list_steps",
     "preprocess",
     "register_step",
     "run_steps",

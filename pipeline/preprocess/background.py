@@ -264,7 +264,7 @@ def clean_background(
         a.fill_marks(out, (w, h), 0, 0)
         return CleanResult(out, (0, 0, w, h), np.ones((h, w), bool), a.removed, a.small)
     x0, y0, x1, y1 = a.region((w, h))
-    keep_mask = a.mask_on((w, h), x0, y0, x1, y1)  # (y1 - y0, x1 - x0) uint8
+    keep_mask = a.mask_box((w, h), (x0, y0, x1, y1), (y1 - y0, x1 - x0))  # uint8
     out = src[y0:y1, x0:x1] * keep_mask  # float32 copy, 0 outside the anatomy
     a.fill_marks(out, (w, h), x0, y0)
     anatomy_mask = keep_mask.view(bool)  # 0/1 uint8: a bool view, no copy
@@ -299,21 +299,6 @@ class BackgroundAnalysis:
         y0, y1 = max(0, math.floor(ys.min() / fy)), min(h, math.ceil((ys.max() + 1) / fy))
         return x0, y0, x1, y1
 
-    def mask_on(
-        self,
-        size: tuple[int, int],
-        x0: int,
-        y0: int,
-        x1: int,
-        y1: int,
-        mask: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """An analysis mask (default: the anatomy) on the image pixels [y0:y1, x0:x1] (nearest).
-
-        uint8 (y1 - y0, x1 - x0) for an image of ``size`` = (width, height).
-        """
-        return self.mask_box(size, (x0, y0, x1, y1), (y1 - y0, x1 - x0), mask)
-
     def mask_box(
         self,
         size: tuple[float, float],
@@ -321,7 +306,8 @@ class BackgroundAnalysis:
         shape: tuple[int, int],
         mask: np.ndarray | None = None,
     ) -> np.ndarray:
-        """An analysis mask sampled (nearest) on a ``shape`` = (rows, cols) grid over ``box``.
+        """An analysis mask (default: the anatomy) sampled (nearest) on a ``shape`` = (rows,
+        cols) grid over ``box``.
 
         ``box`` = (x0, y0, x1, y1) in pixels of an image of ``size`` (any resolution of
         the same field of view); returns uint8 ``shape``.
@@ -365,7 +351,7 @@ class BackgroundAnalysis:
             if bx1 <= bx0 or by1 <= by0:
                 continue
             grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
-            sub = self.mask_on(size, bx0, by0, bx1, by1, grown)
+            sub = self.mask_box(size, (bx0, by0, bx1, by1), (by1 - by0, bx1 - bx0), grown)
             view = out[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
             view[(sub > 0) & (view > 0)] = fill
 

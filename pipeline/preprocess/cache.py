@@ -244,9 +244,7 @@ class _Store:
     def read_sidecar(self, sha: str) -> dict[str, Any] | None:
         try:
             data = json.loads(self.sidecar(sha).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):  # damaged (power cut): rebuild
+        except (OSError, ValueError):  # missing, or damaged (power cut): rebuild
             return None
         return data if isinstance(data, dict) and data.get("content_hash") == sha else None
 
@@ -279,6 +277,9 @@ class _Store:
             "scope": scope.to_dict() if scope is not None else None,
             "crops": records,
         }
+        return self.write_sidecar(sha, sidecar)
+
+    def write_sidecar(self, sha: str, sidecar: dict[str, Any]) -> dict[str, Any]:
         _write_replace(self.sidecar(sha), (json.dumps(sidecar, indent=1) + "\n").encode("utf-8"))
         return sidecar
 
@@ -343,10 +344,7 @@ def _process(path: str, job: _Job, sha: str | None = None) -> dict[str, Any]:
         if sidecar.get("salt_id") != sid:  # pseudonyms from another salt: refresh the meta only
             meta = read_meta(path, salt=salt)
             with store.lock(sha):
-                sidecar = dict(sidecar, meta=_jsonable(meta), salt_id=sid)
-                _write_replace(
-                    store.sidecar(sha), (json.dumps(sidecar, indent=1) + "\n").encode("utf-8")
-                )
+                sidecar = store.write_sidecar(sha, dict(sidecar, meta=_jsonable(meta), salt_id=sid))
         return {
             "path": path,
             "sha": sha,
@@ -358,8 +356,11 @@ def _process(path: str, job: _Job, sha: str | None = None) -> dict[str, Any]:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # recorded, never stops the build
-        reason = str(e).splitlines()[0] if str(e) else repr(e)
-        return {"path": path, "error": type(e).__name__, "reason": reason}
+        return _error(path, e, str(e).splitlines()[0] if str(e) else repr(e))
+
+
+def _error(path: str, e: BaseException, reason: str) -> dict[str, Any]:
+    return {"path": path, "error": type(e).__name__, "reason": reason}
 
 
 def _build(
@@ -506,11 +507,7 @@ def _stat_hits(
         try:
             st = os.stat(path)
         except OSError as e:
-            results[path] = {
-                "path": path,
-                "error": type(e).__name__,
-                "reason": f"{path}: {e.strerror or e}",
-            }
+            results[path] = _error(path, e, f"{path}: {e.strerror or e}")
             continue
         if rec and rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
             sidecar = store.read_sidecar(rec[2])

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.dicom import parse_spacing
 from pipeline.preprocess.arrays import to_uint16
 from pipeline.preprocess.config import PreprocessConfig
-from pipeline.preprocess.steps import STEPS, Work
+from pipeline.preprocess.steps import STEPS, Work, clip_box
 
 
 class RadiographLike(Protocol):
@@ -71,25 +71,26 @@ def _final_box(work: Work) -> tuple[int, int, int, int]:
     if work.box is not None:
         return work.box
     h, w = work.image.shape
-    x0, y0, x1, y1 = work.source_box(0, 0, w, h)
-    sh, sw = work.source_shape
-    return (max(0, x0), max(0, y0), min(sw, x1), min(sh, y1))
+    return clip_box(work.source_box(0, 0, w, h), work.source_shape)
+
+
+def to_crops(items: list[Work]) -> list[Crop]:
+    """The chain's final items as 16-bit crops."""
+    return [
+        Crop(
+            image=to_uint16(work.image),
+            laterality=work.laterality,
+            box=_final_box(work),
+            confidence=float(work.confidence),
+            fallback=bool(work.fallback),
+        )
+        for work in items
+    ]
 
 
 def preprocess(radiograph: RadiographLike, config: PreprocessConfig) -> list[Crop]:
     """Preprocess one radiograph into 16-bit crops (one per knee; bilateral gives two)."""
-    crops = []
-    for work in run_steps(radiograph, config):
-        crops.append(
-            Crop(
-                image=to_uint16(work.image),
-                laterality=work.laterality,
-                box=_final_box(work),
-                confidence=float(work.confidence),
-                fallback=bool(work.fallback),
-            )
-        )
-    return crops
+    return to_crops(run_steps(radiograph, config))
 
 
-__all__ = ["Crop", "RadiographLike", "preprocess", "run_steps", "start_work"]
+__all__ = ["Crop", "RadiographLike", "preprocess", "run_steps", "start_work", "to_crops"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline.dicom import candidate_files
 from pipeline.io import atomic_write_text
-from pipeline.preprocess.cache import build_cache, default_cache_root
+from pipeline.preprocess.cache import build_cache
 from pipeline.preprocess.config import PreprocessConfig, PreprocessConfigError
 from pipeline.preprocess.sheet import contact_sheet
 
@@ -71,11 +71,10 @@ def main(args: argparse.Namespace) -> int:
     if args.sheet is not None:
         path = contact_sheet(files, config, args.sheet, count=args.sheet_count)
         print(f"contact sheet: {path}")
-    root = args.cache if args.cache is not None else default_cache_root()
     index = build_cache(
         files,
         config,
-        root,
+        args.cache,
         workers=max(1, args.workers),
         progress=not args.no_progress,
         data_dir=args.data,

@@ -67,10 +67,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            return _coerce(value, arg, where)
+        hint = next(a for a in args if a is not type(None))
     if hint is bool:
         if isinstance(value, bool):
             return value

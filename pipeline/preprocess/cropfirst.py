@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +44,13 @@ import cv2
 import numpy as np
 
 from pipeline.dicom import RawRadiograph, parse_spacing, read_raw
-from pipeline.preprocess.arrays import area_resize, scaled_size, shrink, to_uint16
+from pipeline.preprocess.arrays import area_resize, scaled_size, shrink
 from pipeline.preprocess.background import (
     BackgroundAnalysis,
     BackgroundOptions,
     analyse_background,
 )
-from pipeline.preprocess.chain import Crop, preprocess
+from pipeline.preprocess.chain import Crop, preprocess, to_crops
 from pipeline.preprocess.config import PreprocessConfig, StepConfig
 from pipeline.preprocess.localizer import KneeBox, KneeLocalizer
 from pipeline.preprocess.scope import ScopeDecision, decide_preview, decide_small
@@ -59,9 +58,10 @@ from pipeline.preprocess.steps import (
     STEPS,
     CleanParams,
     LocalizeParams,
-    PreprocessWarning,
     Work,
+    clip_box,
     knee_crop_box,
+    warn_unsure,
 )
 
 #: Steps that may follow ``clean`` / ``localize`` on the crop-first path.
@@ -208,12 +208,6 @@ def _item(
     )
 
 
-def _clip(box: tuple[float, ...], shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    h, w = shape
-    x0, y0, x1, y1 = (round(v) for v in box)
-    return (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
-
-
 def run_crop_first(
     r: RawRadiograph, p: CropFirstPlan, analysis: BackgroundAnalysis | None = None
 ) -> list[Work]:
@@ -223,7 +217,11 @@ def run_crop_first(
     """
     raw = r.raw
     H, W = raw.shape
-    a = analysis if analysis is not None else analyse_background(_analysis_copy(r, p), p.clean)
+    a = (
+        analysis
+        if analysis is not None
+        else analyse_background(_analysis_copy(r, p.clean.analysis_size), p.clean)
+    )
     region = a.region((W, H))
     spacing = parse_spacing(r.meta.get("pixel_spacing_mm"))
     x0, y0 = region[:2]
@@ -235,13 +233,7 @@ def run_crop_first(
         items = []
         for k, src_box in _detect(r, a, region, p.localize, spacing):
             if k.fallback:
-                warnings.warn(
-                    f"{r.path}: knee localisation unsure "
-                    f"(confidence {k.confidence:.2f} < {p.localize.min_confidence}); "
-                    "using a centre crop",
-                    PreprocessWarning,
-                    stacklevel=3,
-                )
+                warn_unsure(r.path, k, p.localize.min_confidence, stacklevel=3)
             # the cut, rounded in the cleaned region's pixels as the localize step does
             bx = knee_crop_box(tuple(v - o for v, o in zip(src_box, (x0, y0, x0, y0))), p.localize)
             cx0, cy0, cx1, cy1 = (round(v) for v in bx)
@@ -256,7 +248,7 @@ def run_crop_first(
                     p.long_side,
                     spacing,
                     k.laterality,
-                    box=_clip(src_box, (H, W)),
+                    box=clip_box(src_box, (H, W)),
                     confidence=float(k.confidence),
                     fallback=bool(k.fallback),
                 )
@@ -275,20 +267,7 @@ def preprocess_raw(r: RawRadiograph, config: PreprocessConfig) -> list[Crop]:
     p = plan(config)
     if p is None or not _averageable(r):
         return preprocess(_FullImage(r.grey(r.raw), r.meta, r.path), config)
-    return _crops(run_crop_first(r, p))
-
-
-def _crops(items: list[Work]) -> list[Crop]:
-    return [
-        Crop(
-            image=to_uint16(w.image),
-            laterality=w.laterality,
-            box=w.box if w.box is not None else (0, 0, 0, 0),
-            confidence=float(w.confidence),
-            fallback=bool(w.fallback),
-        )
-        for w in items
-    ]
+    return to_crops(run_crop_first(r, p))
 
 
 @dataclass(frozen=True)
@@ -318,16 +297,16 @@ def process_file(
     p = plan(config)
     if p is None or not _averageable(r) or not _default_clean(p.clean):
         return preprocess_raw(r, config), r.meta, scope_of_raw(r)
-    small = _analysis_copy(r, p)
+    small = _analysis_copy(r, p.clean.analysis_size)
     a = analyse_background(small, p.clean)
     sh, sw = small.shape
-    return _crops(run_crop_first(r, p, a)), r.meta, decide_preview(a.preview((sw, sh)))
+    return to_crops(run_crop_first(r, p, a)), r.meta, decide_preview(a.preview((sw, sh)))
 
 
-def _analysis_copy(r: RawRadiograph, p: CropFirstPlan) -> np.ndarray:
-    """chain(downsample(raw)): the stored values area-averaged to ``clean``'s analysis size,
-    then the grey-level chain (float32, (sh, sw))."""
-    return r.grey(shrink(r.raw, p.clean.analysis_size)[0])
+def _analysis_copy(r: RawRadiograph, size: int) -> np.ndarray:
+    """chain(downsample(raw)): the stored values area-averaged to ``size`` (``clean``'s
+    analysis size), then the grey-level chain (float32, (sh, sw))."""
+    return r.grey(shrink(r.raw, size)[0])
 
 
 def _default_clean(c: CleanParams) -> bool:
@@ -340,10 +319,8 @@ def scope_of_raw(r: RawRadiograph) -> ScopeDecision:
     values area-averaged, then the grey-level chain, as the crop-first route makes it)."""
     size = BackgroundOptions().analysis_size
     if _averageable(r):
-        small = r.grey(shrink(r.raw, size)[0])
-    else:
-        small, _ = shrink(r.grey(r.raw), size)
-    return decide_small(small)
+        return decide_small(_analysis_copy(r, size))
+    return decide_small(shrink(r.grey(r.raw), size)[0])
 
 
 __all__ = [

@@ -202,35 +202,25 @@ class KneeLocalizer:
 
         Returns (N, 4) float64 rows ``[score, cx, cy, window side]`` in image pixels.
         """
-        with one_blas_thread():
-            out = self._scan_sides(pyr, sides, offsets, region)
-        return np.concatenate(out) if out else np.empty((0, 4))
-
-    def _scan_sides(
-        self,
-        pyr: Pyramid,
-        sides: Sequence[float],
-        offsets: Sequence[tuple[int, int]],
-        region: tuple[int, int, int, int] | None,
-    ) -> list[np.ndarray]:
         out = []
-        for side in sides:
-            f = WIN / (side * self.context)  # scaled pixels per image pixel
-            small, fx, fy, rx0, ry0 = pyr.scaled(f, region)
-            for ox, oy in offsets:
-                if small.shape[0] - oy < WIN or small.shape[1] - ox < WIN:
-                    continue
-                scores = window_scores(hog_grid(small[oy:, ox:]), self.w, self.b)  # (ny, nx)
-                if scores.size == 0:
-                    continue
-                gy, gx = np.divmod(np.arange(scores.size), scores.shape[1])
-                rows = np.empty((scores.size, 4))
-                rows[:, 0] = scores.ravel()
-                rows[:, 1] = rx0 + (ox + GRID * gx + WIN / 2) / fx
-                rows[:, 2] = ry0 + (oy + GRID * gy + WIN / 2) / fy
-                rows[:, 3] = WIN * (1 / fx + 1 / fy) / 2
-                out.append(rows)
-        return out
+        with one_blas_thread():
+            for side in sides:
+                f = WIN / (side * self.context)  # scaled pixels per image pixel
+                small, fx, fy, rx0, ry0 = pyr.scaled(f, region)
+                for ox, oy in offsets:
+                    if small.shape[0] - oy < WIN or small.shape[1] - ox < WIN:
+                        continue
+                    scores = window_scores(hog_grid(small[oy:, ox:]), self.w, self.b)  # (ny, nx)
+                    if scores.size == 0:
+                        continue
+                    gy, gx = np.divmod(np.arange(scores.size), scores.shape[1])
+                    rows = np.empty((scores.size, 4))
+                    rows[:, 0] = scores.ravel()
+                    rows[:, 1] = rx0 + (ox + GRID * gx + WIN / 2) / fx
+                    rows[:, 2] = ry0 + (oy + GRID * gy + WIN / 2) / fy
+                    rows[:, 3] = WIN * (1 / fx + 1 / fy) / 2
+                    out.append(rows)
+        return np.concatenate(out) if out else np.empty((0, 4))
 
     def _refine(self, pyr: Pyramid, best: _Cand) -> _Cand:
         """Fine pass around a coarse detection, then a score-weighted mean of the best windows."""
@@ -262,16 +252,6 @@ class KneeLocalizer:
         lo, _, hi = self.expected_side(image.shape, spacing_mm)
         return Pyramid(image, lo, self.context, preview), scale_steps(lo, hi)
 
-    def reach_sides(
-        self, shape: tuple[int, int], spacing_mm: tuple[float, float] | None
-    ) -> list[float]:
-        """Knee box sides (pixels) of the reaching pass: the expected ones, and without a
-        pixel spacing up to :data:`REACH` times the longer side of an image of ``shape``."""
-        lo, _, hi = self.expected_side(shape, spacing_mm)
-        if spacing_mm is None:
-            hi = max(hi, REACH * max(shape))
-        return scale_steps(lo, hi)
-
     def reach_candidates(
         self,
         image: np.ndarray,
@@ -280,13 +260,17 @@ class KneeLocalizer:
     ) -> tuple[Pyramid, np.ndarray]:
         """The reaching pass: windows that may cross the frame, centred inside it.
 
-        Returns the (padded) pyramid and (N, 4) rows ``[score, cx, cy, window side]``
-        in image pixels, every centre inside the image.
+        The knee box sides are the expected ones, and without a pixel spacing up to
+        :data:`REACH` times the image's longer side. Returns the (padded) pyramid and
+        (N, 4) rows ``[score, cx, cy, window side]`` in image pixels, every centre
+        inside the image.
         """
-        sides = self.reach_sides(image.shape, spacing_mm)
-        pyr = Pyramid(image, sides[0], self.context, preview, reach=REACH_PAD)
-        rows = self._scan(pyr, sides)
         h, w = image.shape
+        lo, _, hi = self.expected_side(image.shape, spacing_mm)
+        if spacing_mm is None:
+            hi = max(hi, REACH * max(h, w))
+        pyr = Pyramid(image, lo, self.context, preview, reach=REACH_PAD)
+        rows = self._scan(pyr, scale_steps(lo, hi))
         inside = (rows[:, 1] >= 0) & (rows[:, 1] < w) & (rows[:, 2] >= 0) & (rows[:, 2] < h)
         return pyr, rows[inside]
 
@@ -297,8 +281,7 @@ class KneeLocalizer:
         pyr, rows = self.reach_candidates(image, spacing_mm, preview)
         if rows.size == 0:
             return None
-        s, cx, cy, side = rows[np.argmax(rows[:, 0])]
-        return self._refine(pyr, _Cand(float(s), float(cx), float(cy), float(side)))
+        return self._refine(pyr, _Cand(*map(float, rows[np.argmax(rows[:, 0])])))
 
     def candidates(
         self, image: np.ndarray, spacing_mm: tuple[float, float] | None = None
@@ -363,8 +346,7 @@ class KneeLocalizer:
             inside = cands[(cands[:, 1] >= x0) & (cands[:, 1] < x1)]
             if inside.size == 0:
                 return None
-            s, cx, cy, side = inside[np.argmax(inside[:, 0])]
-            return _Cand(float(s), float(cx), float(cy), float(side))
+            return _Cand(*map(float, inside[np.argmax(inside[:, 0])]))
 
         halves = [best_in(0, w / 2), best_in(w / 2, w)]
         if mode == "auto":

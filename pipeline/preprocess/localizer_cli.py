@@ -4,11 +4,8 @@
 
 Each ``--data`` folder holds DICOM files and a ``truth.jsonl`` with one box per
 knee, as the synthetic phantom writes them. One detector learns from the frontal
-(AP) knee views and one from the lateral views, written together to one file (see
-:mod:`pipeline.preprocess.localizer_train` for the procedure: positives around
-each truth box, mirrored; random, near-miss and mined hard negatives; a linear SVM;
-a Platt fit for the confidence; a left/right model for frontal knees).
-``--evaluate DIR`` reports the mean IoU and failure rate on another folder.
+(AP) knee views and one from the lateral views, written together to one file (the
+procedure: :mod:`pipeline.preprocess.localizer_train`). ``--evaluate DIR`` reports the mean IoU and failure rate on another folder.
 
 The weights shipped in ``pipeline/preprocess/weights/knee_hog_svm.npz`` were made
 with::
@@ -27,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.preprocess.cache import single_threaded
@@ -53,19 +51,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluate", type=Path, help="a held-out folder to report IoU on")
 
 
-def main(args: argparse.Namespace) -> int:
+def lacks_truth(args: argparse.Namespace) -> bool:
+    """Whether a ``--data`` or ``--evaluate`` folder has no ``truth.jsonl`` (said on stderr)."""
     for d in args.data + ([args.evaluate] if args.evaluate else []):
         if not (d / "truth.jsonl").exists():
             print(
                 f"{d}: no truth.jsonl (generate one with `python -m pipeline synth --out {d}`)",
                 file=sys.stderr,
             )
-            return 2
+            return True
+    return False
+
+
+def timed_printer() -> Callable[[str], None]:
+    """``say(message)``: print with the seconds since this call."""
     start = time.perf_counter()
+    return lambda message: print(f"[{time.perf_counter() - start:6.1f} s] {message}", flush=True)
 
-    def say(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f} s] {message}", flush=True)
 
+def main(args: argparse.Namespace) -> int:
+    if lacks_truth(args):
+        return 2
+    say = timed_printer()
     with single_threaded():
         models = train_localizers(
             args.data,

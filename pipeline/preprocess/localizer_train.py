@@ -23,6 +23,8 @@ failure rate (IoU < 0.5, counting missed knees).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -39,7 +41,7 @@ from pipeline.dicom import read_radiograph
 from pipeline.preprocess.chain import RadiographLike, start_work
 from pipeline.preprocess.hog import box_iou, clip_box, patch_features, stretch_levels
 from pipeline.preprocess.localizer import KneeLocalizer, save_localizers
-from pipeline.preprocess.steps import CleanParams, Work, clean_step
+from pipeline.preprocess.steps import CleanParams, LocalizeParams, Work, clean_step, detect_knees
 
 FAILURE_IOU = 0.5
 
@@ -53,21 +55,27 @@ class TruthImage:
     knees: tuple[tuple[str | None, tuple[float, float, float, float]], ...]  # (laterality, box)
 
 
-def load_truth(data_dir: str | os.PathLike[str], *, view: str = "AP") -> list[TruthImage]:
-    """Knee boxes from ``data_dir/truth.jsonl``: the knee images of one view ("AP" or "LAT")."""
-    path = Path(data_dir) / "truth.jsonl"
+def truth_records(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of ``folder/truth.jsonl`` (one per image, as the phantom writes them)."""
+    path = Path(folder) / "truth.jsonl"
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no ground truth; generate a phantom with `python -m pipeline synth`"
         )
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e})") from e
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e})") from e
+    return out
+
+
+def load_truth(data_dir: str | os.PathLike[str], *, view: str = "AP") -> list[TruthImage]:
+    """Knee boxes from ``data_dir/truth.jsonl``: the knee images of one view ("AP" or "LAT")."""
+    out = []
+    for rec in truth_records(data_dir):
         if str(rec.get("view", "")).upper() != view.upper():
             continue
         if str(rec.get("body_part", "KNEE")).upper() != "KNEE":
@@ -90,6 +98,10 @@ class Sample:
         tuple[float, float, float, float], ...
     ]  # current-pixel truth boxes (clipped as given)
     windows: tuple[tuple[float, float, float], ...]  # (cx, cy, side) of each knee, unclipped
+
+
+def _window_box(cx: float, cy: float, side: float) -> tuple[float, float, float, float]:
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
 
 def _to_current(work: Work, box: Sequence[float]) -> tuple[float, float, float, float]:
@@ -128,14 +140,10 @@ def prepare_sample(radiograph: RadiographLike, truth: TruthImage) -> Sample:
     for _, box in truth.knees:
         cx, cy, side = _unclipped_square(box, shape)
         b = _to_current(work, box)
-        u = _to_current(work, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+        u = _to_current(work, _window_box(cx, cy, side))
         boxes.append(b)
         windows.append(((u[0] + u[2]) / 2, (u[1] + u[3]) / 2, u[2] - u[0]))
     return Sample(truth, work, tuple(boxes), tuple(windows))
-
-
-def _window_box(cx: float, cy: float, side: float) -> tuple[float, float, float, float]:
-    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
 
 def _max_iou(box: Sequence[float], sample: Sample) -> float:
@@ -151,38 +159,26 @@ def _sample_features(
     pos, sides, neg = [], [], []
     for flip in (False, True):
         img = np.ascontiguousarray(image[:, ::-1]) if flip else image
-        levels = stretch_levels(img)
+        feat = functools.partial(patch_features, img, stretch_levels(img))
         for (lat, _), (cx, cy, side) in zip(sample.truth.knees, sample.windows, strict=True):
             if flip:
                 cx = w - cx
             right = {"R": 1, "L": 0}.get(str(lat), -1)
             if flip and right >= 0:
                 right = 1 - right  # a mirrored right knee looks like a left one
-            pos.append(patch_features(img, levels, cx, cy, side * context))
+            pos.append(feat(cx, cy, side * context))
             sides.append(right)
             for _ in range(2):  # small shifts and scalings: a peak a few % wide
                 j = side * 0.03
                 sides.append(right)
-                pos.append(
-                    patch_features(
-                        img,
-                        levels,
-                        cx + rng.uniform(-j, j),
-                        cy + rng.uniform(-j, j),
-                        side * context * rng.uniform(0.97, 1.03),
-                    )
-                )
+                jx, jy = cx + rng.uniform(-j, j), cy + rng.uniform(-j, j)
+                pos.append(feat(jx, jy, side * context * rng.uniform(0.97, 1.03)))
             for _ in range(3):  # near misses
                 ang = rng.uniform(0, 2 * math.pi)
                 d = side * rng.uniform(0.3, 0.5)
-                nx, ny = cx + d * math.cos(ang), cy + d * math.sin(ang)
-                neg.append(patch_features(img, levels, nx, ny, side * context))
+                neg.append(feat(cx + d * math.cos(ang), cy + d * math.sin(ang), side * context))
             for sc in (0.6, 1.6):
-                neg.append(
-                    patch_features(
-                        img, levels, cx, cy, side * context * sc * rng.uniform(0.95, 1.05)
-                    )
-                )
+                neg.append(feat(cx, cy, side * context * sc * rng.uniform(0.95, 1.05)))
     levels = stretch_levels(image)
     med = float(np.median([win[2] for win in sample.windows]))
     tries = 0
@@ -213,20 +209,6 @@ def _mine(loc: KneeLocalizer, sample: Sample, per_image: int) -> list[np.ndarray
             if len(out) >= per_image:
                 break
     return out
-
-
-def _read_samples(
-    data_dir: Path,
-    truth: Sequence[TruthImage],
-    reader: Callable[..., RadiographLike],
-    progress: Callable[[str], None] | None,
-) -> list[Sample]:
-    samples = []
-    for i, t in enumerate(truth):
-        samples.append(prepare_sample(reader(str(data_dir / t.file)), t))
-        if progress is not None and (i + 1) % 50 == 0:
-            progress(f"read {i + 1}/{len(truth)} images")
-    return samples
 
 
 def _fit_svm(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
@@ -306,10 +288,11 @@ def train_localizer(
     rng = np.random.default_rng(seed)
     samples: list[Sample] = []
     for d in dirs:
-        truth = load_truth(d, view=view)
-        if limit is not None:
-            truth = truth[:limit]
-        samples += _read_samples(d, truth, reader, progress)
+        truth = load_truth(d, view=view)[:limit]
+        for i, t in enumerate(truth):
+            samples.append(prepare_sample(reader(str(d / t.file)), t))
+            if progress is not None and (i + 1) % 50 == 0:
+                progress(f"read {i + 1}/{len(truth)} images")
     if not samples:
         raise ValueError(f"no {view.upper()} knee images with boxes in {', '.join(map(str, dirs))}")
 
@@ -334,13 +317,9 @@ def train_localizer(
             for s in samples:
                 neg += _mine(loc, s, mined_per_image)
     side_w, side_b = _side_model(pos, pos_side) if view == "ap" else (None, 0.0)
-    loc = KneeLocalizer(
-        w=loc.w,
-        b=loc.b,
+    loc = dataclasses.replace(
+        loc,
         platt=_platt(loc, pos, neg),
-        context=context,
-        size_mm=size_mm,
-        size_frac=size_frac,
         side_w=side_w,
         side_b=side_b,
         info={
@@ -412,22 +391,13 @@ def evaluate_localizer(
     """
     reader = reader or read_radiograph
     loc = localizer or KneeLocalizer.load(view=view)
-    truth = load_truth(data_dir, view=view)
-    if limit is not None:
-        truth = truth[:limit]
+    truth = load_truth(data_dir, view=view)[:limit]
     ious: list[float] = []
     lat_ok = fallbacks = bilateral_ok = bilateral = 0
     for t in truth:
         r = reader(str(Path(data_dir) / t.file))
         work = prepare(r)
-        knees = loc.detect(
-            work.image,
-            preview=work.preview,
-            spacing_mm=work.spacing_mm,
-            laterality=work.meta.get("laterality"),
-            orientation=work.meta.get("patient_orientation"),
-            min_confidence=min_confidence,
-        )
+        knees = detect_knees(loc, work, LocalizeParams(min_confidence=min_confidence))
         shape = r.image.shape
         pred = [(k.laterality, clip_box(work.source_box(*k.box), shape)) for k in knees]
         fallbacks += sum(k.fallback for k in knees)

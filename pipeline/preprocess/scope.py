@@ -15,10 +15,9 @@ with windows that may reach past the frame: their best scores, the HOG descripto
 the best frontal window, of twice its size around it (the context: shafts above and
 below a knee, a foot below an ankle), of the best lateral window, and of the whole
 image. A multinomial logistic regression on these (standardised) gives the three
-probabilities, averaged over the image and its mirror image. It is trained on the phantom (:mod:`pipeline.preprocess.scope_train`:
-frontal and lateral knees, and hands, ankles, hips, chests and skyline views of
-:mod:`pipeline.synth.parts`), and checked on real radiographs
-(``benchmarks/real_images.py``).
+probabilities, averaged over the image and its mirror image. It is trained on phantoms
+with every body part (:mod:`pipeline.preprocess.scope_train`) and checked on real
+radiographs (``benchmarks/real_images.py``).
 
 Weights (``weights/scope_hog_logreg.npz``) record the localizer weights they were
 trained with; other localizer weights need the scope model retrained.
@@ -59,6 +58,7 @@ from pipeline.preprocess.localizer import (
     KneeLocalizer,
     scale_steps,
 )
+from pipeline.preprocess.steps import pad_to_square
 
 SCOPE_WEIGHTS_FILE = Path(__file__).resolve().parent / "weights" / "scope_hog_logreg.npz"
 SCOPE_FORMAT_VERSION = 1
@@ -109,11 +109,6 @@ class ScopeDecision:
             "knee": self.scope != "not_knee",
             "reason": self.reason,
         }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ScopeDecision:
-        probs = tuple(float(p) for p in d["probabilities"])
-        return cls(scope=str(d["scope"]), score=float(d["score"]), probabilities=probs)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- features
@@ -201,10 +196,8 @@ def scope_features(image: np.ndarray, detectors: tuple[KneeLocalizer, KneeLocali
 def _features(img: np.ndarray, detectors: tuple[KneeLocalizer, KneeLocalizer]) -> np.ndarray:
     levels = stretch_levels(img)
     (s_ap, ax, ay, aside), (s_lat, lx, ly, lside) = _best_windows(img, detectors)
-    h, w = img.shape
-    n = max(h, w)
-    square = np.zeros((n, n), np.float32)
-    square[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = img
+    square, _ = pad_to_square(img)
+    n = square.shape[0]
     parts = [
         np.array([s_ap, s_lat], np.float32),
         patch_features(img, levels, ax, ay, aside, replicate=True),

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from pipeline.preprocess.cache import single_threaded
+from pipeline.preprocess.localizer_cli import lacks_truth, timed_printer
 from pipeline.preprocess.scope import SCOPES
 from pipeline.preprocess.scope_train import evaluate_scope, train_scope
 
@@ -49,15 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    for d in args.data + ([args.evaluate] if args.evaluate else []):
-        if not (d / "truth.jsonl").exists():
-            print(f"{d}: no truth.jsonl (make it with `python -m pipeline synth`)", file=sys.stderr)
-            return 2
-    start = time.perf_counter()
-
-    def say(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f} s] {message}", flush=True)
-
+    if lacks_truth(args):
+        return 2
+    say = timed_printer()
     with single_threaded():
         model = train_scope(args.data, args.out, c=args.c, limit=args.limit, progress=say)
         say(f"wrote {args.out} (images per class {dict(model.info['images'])})")

@@ -16,7 +16,6 @@ side by side, shutters, text: what real exports look like); the commands are in
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from pipeline.preprocess.arrays import shrink
 from pipeline.preprocess.background import BackgroundOptions
 from pipeline.preprocess.chain import RadiographLike
 from pipeline.preprocess.localizer import WEIGHTS_FILE, KneeLocalizer
+from pipeline.preprocess.localizer_train import truth_records
 from pipeline.preprocess.scope import SCOPES, ScopeModel, decision_of, scope_features, scope_input
 
 
@@ -39,15 +39,6 @@ def truth_scope(record: dict[str, Any]) -> str:
     if str(record.get("body_part", "KNEE")).upper() != "KNEE":
         return "not_knee"
     return "frontal_knee" if str(record.get("view", "")).upper() == "AP" else "other_knee_view"
-
-
-def truth_records(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    path = Path(folder) / "truth.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no ground truth; generate a phantom with `python -m pipeline synth`"
-        )
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def cleaned(radiograph: RadiographLike) -> np.ndarray:
@@ -163,6 +154,5 @@ __all__ = [
     "fit_scope",
     "scope_samples",
     "train_scope",
-    "truth_records",
     "truth_scope",
 ]

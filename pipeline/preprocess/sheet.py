@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from pipeline.dicom import DicomError, read_radiograph
 from pipeline.io import atomic_write_bytes
+from pipeline.preprocess.arrays import scaled_size
 from pipeline.preprocess.chain import RadiographLike, run_steps
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.scope import ScopeDecision, decide_image
@@ -25,20 +27,23 @@ from pipeline.preprocess.steps import Work
 LABEL_H = 18
 
 
+def _text(img: np.ndarray, text: str, at: tuple[int, int], scale: float, color: Any, *args: int):
+    """``cv2.putText`` in the sheet's font; ``args``: thickness and line type."""
+    cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, color, *args)
+
+
 def _tile(image: np.ndarray, size: int, label: str) -> np.ndarray:
     """A (size + LABEL_H, size, 3) uint8 tile: the image fitted in a square, a caption above."""
     img = np.clip(image, 0.0, 1.0)
     h, w = img.shape[:2]
     f = size / max(h, w)
-    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    nw, nh = scaled_size((w, h), f)
     small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
     u8 = (small * 255 + 0.5).astype(np.uint8)
     tile = np.full((size + LABEL_H, size, 3), 40, np.uint8)
     y0, x0 = LABEL_H + (size - nh) // 2, (size - nw) // 2
     tile[y0 : y0 + nh, x0 : x0 + nw] = u8[..., None] if u8.ndim == 2 else u8
-    cv2.putText(
-        tile, label[:28], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (230, 230, 230), 1, cv2.LINE_AA
-    )
+    _text(tile, label[:28], (3, 13), 0.4, (230, 230, 230), 1, cv2.LINE_AA)
     return tile
 
 
@@ -50,9 +55,7 @@ def _with_boxes(
     if scope is not None:  # the out-of-scope decision along the bottom: green in, red out
         color = (0, 220, 0) if scope.in_scope else (40, 40, 255)
         y = image.shape[0] - 6 * thick
-        cv2.putText(
-            rgb, scope.reason, (3 * thick, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, color, thick
-        )
+        _text(rgb, scope.reason, (3 * thick, y), 0.5 * thick, color, thick)
     for it in items:
         if it.box is None:
             continue
@@ -60,15 +63,7 @@ def _with_boxes(
         color = (0, 160, 255) if it.fallback else (0, 220, 0)
         cv2.rectangle(rgb, (int(x0), int(y0)), (int(x1), int(y1)), color, thick)
         text = f"{it.laterality or '?'} {it.confidence:.2f}"
-        cv2.putText(
-            rgb,
-            text,
-            (int(x0) + 3, int(y0) + 12 * thick),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.4 * thick,
-            color,
-            thick,
-        )
+        _text(rgb, text, (int(x0) + 3, int(y0) + 12 * thick), 0.4 * thick, color, thick)
     return rgb.astype(np.float32) / 255.0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.preprocess.arrays import U16_MAX, shrink, to_uint16
 from pipeline.preprocess.background import BackgroundOptions, clean_background
-from pipeline.preprocess.localizer import KneeLocalizer
+from pipeline.preprocess.localizer import KneeBox, KneeLocalizer
 from pipeline.registry import Registry, check_choice
 
 P = TypeVar("P")
@@ -67,21 +67,11 @@ class Work:
     def source_box(self, x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
         """A box in current coordinates, mapped to (rounded) source coordinates."""
         sx, tx, sy, ty = self.to_source
-        return (
-            round(x0 * sx + tx),
-            round(y0 * sy + ty),
-            round(x1 * sx + tx),
-            round(y1 * sy + ty),
-        )
+        return round(x0 * sx + tx), round(y0 * sy + ty), round(x1 * sx + tx), round(y1 * sy + ty)
 
-    def cropped(self, x0: int, y0: int, x1: int, y1: int, image: np.ndarray | None = None) -> Work:
-        """This item restricted to the current-pixel region [y0:y1, x0:x1].
-
-        ``image``: the region's pixels when the caller has them already (no copy).
-        """
+    def shifted(self, image: np.ndarray, x0: float, y0: float) -> Work:
+        """This item showing ``image``, whose first pixel is current pixel (x0, y0)."""
         sx, tx, sy, ty = self.to_source
-        if image is None:
-            image = np.ascontiguousarray(self.image[y0:y1, x0:x1])
         return replace(
             self, image=image, to_source=(sx, tx + x0 * sx, sy, ty + y0 * sy), preview=None
         )
@@ -92,9 +82,8 @@ class Work:
         nh, nw = image.shape
         fy, fx = h / nh, w / nw  # old pixels per new pixel
         sx, tx, sy, ty = self.to_source
-        spacing = None
-        if self.spacing_mm is not None:
-            spacing = (self.spacing_mm[0] * fy, self.spacing_mm[1] * fx)
+        mm = self.spacing_mm
+        spacing = None if mm is None else (mm[0] * fy, mm[1] * fx)
         return replace(self, image=image, to_source=(sx * fx, tx, sy * fy, ty), spacing_mm=spacing)
 
 
@@ -159,10 +148,7 @@ class PadSquareParams:
 def pad_square_step(work: Work, p: PadSquareParams) -> list[Work]:
     """Pad to a square, centred, keeping the aspect ratio."""
     image, (top, left) = pad_to_square(work.image, p.value)
-    sx, tx, sy, ty = work.to_source
-    return [
-        replace(work, image=image, to_source=(sx, tx - left * sx, sy, ty - top * sy), preview=None)
-    ]
+    return [work.shifted(image, -left, -top)]
 
 
 # --------------------------------------------------------------------------- clean
@@ -198,7 +184,7 @@ def clean_step(work: Work, p: CleanParams) -> list[Work]:
     x0, y0, x1, y1 = r.region
     if p.crop:
         box = work.box if work.box is not None else work.source_box(x0, y0, x1, y1)
-        return [replace(work.cropped(x0, y0, x1, y1, r.image), box=box, preview=r.preview)]
+        return [replace(work.shifted(r.image, x0, y0), box=box, preview=r.preview)]
     image = np.zeros_like(work.image)
     image[y0:y1, x0:x1] = r.image
     return [replace(work, image=image)]
@@ -223,12 +209,8 @@ def percentiles(
     if ignore_zero and hist[1:].sum() > 0:
         hist[0] = 0
     cdf = np.cumsum(hist)
-    total = cdf[-1]
-    out = []
-    for p in qs:
-        level = int(np.searchsorted(cdf, p / 100.0 * total, side="left"))
-        out.append(min(level, U16_MAX) / U16_MAX)
-    return out
+    levels = np.searchsorted(cdf, np.asarray(qs) / 100.0 * cdf[-1], side="left")
+    return [min(int(level), U16_MAX) / U16_MAX for level in levels]
 
 
 def percentile_window(
@@ -484,23 +466,32 @@ def _crop_with_fill(work: Work, box: tuple[float, float, float, float]) -> Work:
     x0, y0, x1, y1 = (round(v) for v in box)
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
     out = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    cx0, cy0, cx1, cy1 = clip_box((x0, y0, x1, y1), (h, w))
     if cx1 > cx0 and cy1 > cy0:
         out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = work.image[cy0:cy1, cx0:cx1]
-    sx, tx, sy, ty = work.to_source
-    return replace(work, image=out, to_source=(sx, tx + x0 * sx, sy, ty + y0 * sy), preview=None)
+    return work.shifted(out, x0, y0)
 
 
-def _clip_to(box: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def clip_box(box: tuple[float, ...], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` (x0, y0, x1, y1) rounded to whole pixels and clipped to an image of ``shape``."""
     h, w = shape
-    return (max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3]))
+    x0, y0, x1, y1 = (round(v) for v in box)
+    return (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
 
 
-@register_step("localize", LocalizeParams)
-def localize_step(work: Work, p: LocalizeParams) -> list[Work]:
-    """Knee localisation (HOG + linear SVM): one crop per knee, with its laterality."""
-    loc = KneeLocalizer.load(p.weights, view=KneeLocalizer.view_of(work.meta.get("view")))
-    knees = loc.detect(
+def warn_unsure(source: object, knee: KneeBox, min_confidence: float, stacklevel: int) -> None:
+    """The :class:`PreprocessWarning` of a knee the localizer was unsure of."""
+    warnings.warn(
+        f"{source}: knee localisation unsure "
+        f"(confidence {knee.confidence:.2f} < {min_confidence}); using a centre crop",
+        PreprocessWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def detect_knees(loc: KneeLocalizer, work: Work, p: LocalizeParams) -> list[KneeBox]:
+    """The knees ``loc`` finds in a chain item, as the ``localize`` step looks for them."""
+    return loc.detect(
         work.image,
         preview=work.preview,
         spacing_mm=work.spacing_mm,
@@ -510,22 +501,22 @@ def localize_step(work: Work, p: LocalizeParams) -> list[Work]:
         min_confidence=p.min_confidence,
         reach=p.reach,
     )
+
+
+@register_step("localize", LocalizeParams)
+def localize_step(work: Work, p: LocalizeParams) -> list[Work]:
+    """Knee localisation (HOG + linear SVM): one crop per knee, with its laterality."""
+    loc = KneeLocalizer.load(p.weights, view=KneeLocalizer.view_of(work.meta.get("view")))
     out = []
-    for k in knees:
+    for k in detect_knees(loc, work, p):
         if k.fallback:
-            warnings.warn(
-                f"{work.source or 'radiograph'}: knee localisation unsure "
-                f"(confidence {k.confidence:.2f} < {p.min_confidence}); using a centre crop",
-                PreprocessWarning,
-                stacklevel=2,
-            )
-        x0, y0, x1, y1 = k.box
+            warn_unsure(work.source or "radiograph", k, p.min_confidence, stacklevel=2)
         item = _crop_with_fill(work, knee_crop_box(k.box, p))
         out.append(
             replace(
                 item,
                 laterality=k.laterality,
-                box=_clip_to(work.source_box(x0, y0, x1, y1), work.source_shape),
+                box=clip_box(work.source_box(*k.box), work.source_shape),
                 confidence=float(k.confidence),
                 fallback=bool(k.fallback),
             )
@@ -547,6 +538,7 @@ __all__ = [
     "clahe",
     "clahe_levels",
     "clahe_opencv",
+    "clip_box",
     "knee_crop_box",
     "pad_to_square",
     "percentile_window",
