@@ -99,7 +99,7 @@ def test_excel_sep_line_sets_the_delimiter_and_keeps_row_numbers(data_dir):
 def test_readers_only_csv_without_schatzker_column(data_dir):
     csv = write(data_dir, "file,schatzker_a,schatzker_b,schatzker_c\ndicom/000000.dcm,1,1,0\n")
     (row,) = load_labels(csv, data_dir).rows
-    assert (row.schatzker, row.binary, row.source) == (1, 1, "majority")
+    assert (row.schatzker, row.source) == (1, "majority")
 
 
 def test_good_csv_with_laterality_bom_and_semicolons(data_dir):

@@ -16,7 +16,6 @@ from pipeline.train import LOSSES, build_loss, get_task
 from pipeline.train.methods import (
     distribution_alignment,
     fixmatch_loss,
-    guess_labels,
     linear_rampup,
     mixmatch_loss,
     mixup,
@@ -122,15 +121,6 @@ def test_sharpen_hand_computed():
     p = sharpen(torch.tensor([[0.6, 0.4]]), T=0.5)
     assert torch.allclose(p, torch.tensor([[0.36 / 0.52, 0.16 / 0.52]]))
     assert torch.allclose(sharpen(torch.tensor([[0.6, 0.4]]), T=1.0), torch.tensor([[0.6, 0.4]]))
-
-
-def test_guess_labels_averages_views_then_sharpens():
-    views = [
-        torch.tensor([[math.log(0.8), math.log(0.2)]]),
-        torch.tensor([[math.log(0.4), math.log(0.6)]]),
-    ]
-    q = guess_labels(views, T=0.5)  # mean (0.6, 0.4) -> sharpened
-    assert torch.allclose(q, torch.tensor([[0.36 / 0.52, 0.16 / 0.52]]), atol=1e-6)
 
 
 def test_mixup_hand_computed():

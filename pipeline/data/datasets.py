@@ -82,10 +82,10 @@ class CachedRadiographs(Dataset):
         self.missing_view = check_choice("missing view policy", missing_view, MISSING_VIEW)
         self.index = index
         self.transform = transform
-        given = list(items)
-        bare = [x for x in given if not isinstance(x, Item)]
-        converted = iter(items_from_entries(bare, data_dir=data_dir))
-        all_items = [x if isinstance(x, Item) else next(converted) for x in given]
+        all_items = [
+            x if isinstance(x, Item) else items_from_entries([x], data_dir=data_dir)[0]
+            for x in items
+        ]
         for item in all_items:
             if item.entry is None:
                 raise ValueError(

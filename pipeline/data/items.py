@@ -205,6 +205,17 @@ def patient_of(meta: Mapping[str, Any], file: str) -> str:
     )
 
 
+def _file_fields(file: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`Item` fields every crop (and split unit) of one file shares."""
+    return {
+        "file": file,
+        "patient": patient_of(meta, file),
+        "study": meta.get("study_key"),
+        "site": meta.get("site_key"),
+        "meta": meta,
+    }
+
+
 def _laterality(value: Any) -> str | None:
     text = str(value or "").strip().upper()
     return text if text in ("L", "R") else None
@@ -230,13 +241,7 @@ def split_units(
         meta = metas[file]
         if not is_frontal_knee(meta, strict=strict_views)[0]:
             continue
-        common = {
-            "file": file,
-            "patient": patient_of(meta, file),
-            "study": meta.get("study_key"),
-            "site": meta.get("site_key"),
-            "meta": meta,
-        }
+        common = _file_fields(file, meta)
         labeled = [r for r in rows_by_file.get(file, []) if r.schatzker is not None]
         for r in labeled:
             units.append(Item(laterality=r.laterality, label=int(r.schatzker), row=r.row, **common))
@@ -295,16 +300,12 @@ def build_items(
                 )
             items.append(
                 Item(
-                    file=file,
                     laterality=lat,
-                    patient=patient_of(meta, file),
                     label=label,
-                    study=study,
-                    site=meta.get("site_key"),
                     row=row,
                     entry=entry,
                     partner=partner,
-                    meta=meta,
+                    **_file_fields(file, meta),
                 )
             )
     return ItemSet(
@@ -397,13 +398,14 @@ class _Joiner:
         self.problems: list[LabelProblem] = []
         self.source = table.path.name if table is not None and table.path is not None else ""
 
+    def _problem(self, row: LabelRow, reason: str, message: str) -> LabelProblem:
+        return LabelProblem(
+            row=row.row, file=row.file, reason=reason, message=message, source=self.source
+        )
+
     def problem(self, row: LabelRow, reason: str, message: str) -> None:
         self.used.add(row.row)
-        self.problems.append(
-            LabelProblem(
-                row=row.row, file=row.file, reason=reason, message=message, source=self.source
-            )
-        )
+        self.problems.append(self._problem(row, reason, message))
 
     def use(self, row: LabelRow) -> tuple[int, int]:
         self.used.add(row.row)
@@ -458,72 +460,47 @@ class _Joiner:
         if len(broken) == 1:
             grade, row = next(iter(broken.items()))
             return int(grade), row.row
-        self.problems.append(
-            LabelProblem(
-                row=left.row,
-                file=file,
-                reason="ambiguous_bilateral",
-                message=f"{file}: one crop shows both knees, broken with different grades "
-                f"(L {left.schatzker}, R {right.schatzker}); localize the knees to use these labels",
-                source=self.source,
-            )
+        self.problem(
+            left,
+            "ambiguous_bilateral",
+            f"{file}: one crop shows both knees, broken with different grades "
+            f"(L {left.schatzker}, R {right.schatzker}); localize the knees to use these labels",
         )
         return -1, None
 
     def unused(self) -> list[LabelProblem]:
-        out = []
-        for file, rows in self.rows.items():
-            for row in rows:
-                if row.row in self.used or row.source == "unlabeled":
-                    continue  # an unused row without a label loses nothing
-                if file in self.excluded:
-                    reason, why = (
-                        "not_frontal",
-                        f"{file} is not a frontal knee ({self.excluded[file]})",
-                    )
-                elif file in self.failed:
-                    reason, why = (
-                        "no_cache_entry",
-                        f"{file} failed to preprocess ({self.failed[file]})",
-                    )
-                elif file not in self.frontal:
-                    reason, why = (
-                        "no_cache_entry",
-                        f"{file} has no cache entry (it failed to read or was not preprocessed)",
-                    )
-                else:
-                    lats = sorted(str(x) for x in self.crop_lats.get(file, []))
-                    reason, why = (
-                        "unmatched_laterality",
-                        f"no crop of {file} has laterality {row.laterality} (crops: {', '.join(lats)})",
-                    )
-                out.append(
-                    LabelProblem(
-                        row=row.row,
-                        file=file,
-                        reason=reason,
-                        message=f"{why}; its label is not used",
-                        source=self.source,
-                    )
-                )
+        """Every label row no crop took (an unused row without a label loses nothing)."""
+        out = [
+            self._problem(row, *self._why_unused(row))
+            for rows in self.rows.values()
+            for row in rows
+            if row.row not in self.used and row.source != "unlabeled"
+        ]
         return sorted(out, key=lambda p: p.row or 0)
+
+    def _why_unused(self, row: LabelRow) -> tuple[str, str]:
+        file = row.file
+        if file in self.excluded:
+            reason, why = "not_frontal", f"{file} is not a frontal knee ({self.excluded[file]})"
+        elif file in self.failed:
+            reason, why = "no_cache_entry", f"{file} failed to preprocess ({self.failed[file]})"
+        elif file not in self.frontal:
+            reason = "no_cache_entry"
+            why = f"{file} has no cache entry (it failed to read or was not preprocessed)"
+        else:
+            lats = ", ".join(sorted(str(x) for x in self.crop_lats.get(file, [])))
+            reason = "unmatched_laterality"
+            why = f"no crop of {file} has laterality {row.laterality} (crops: {lats})"
+        return reason, f"{why}; its label is not used"
 
 
 def items_from_entries(entries: Iterable[Any], *, data_dir: str | Path | None = None) -> list[Item]:
     """Unlabeled items straight from cache entries (no labels, no view filter)."""
-    out = []
-    for entry in entries:
-        file = relative_file(entry.file, data_dir)
-        meta = dict(entry.meta or {})
-        out.append(
-            Item(
-                file=file,
-                laterality=_laterality(entry.laterality),
-                patient=patient_of(meta, file),
-                study=meta.get("study_key"),
-                site=meta.get("site_key"),
-                entry=entry,
-                meta=meta,
-            )
+    return [
+        Item(
+            laterality=_laterality(entry.laterality),
+            entry=entry,
+            **_file_fields(relative_file(entry.file, data_dir), dict(entry.meta or {})),
         )
-    return out
+        for entry in entries
+    ]

@@ -45,27 +45,13 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 SCHATZKER_CLASSES: tuple[int, ...] = tuple(range(7))
 READER_PREFIX = "schatzker_"
 LATERALITIES = {"L": "L", "R": "R", "LEFT": "L", "RIGHT": "R"}
-
-PROBLEM_REASONS: dict[str, str] = {
-    "encoding": "bytes that are not UTF-8",
-    "empty_row": "a row with no values",
-    "empty_file": "no file name",
-    "path_escape": "a path outside the data folder (absolute or with '..')",
-    "unknown_file": "a file that does not exist in the data folder",
-    "duplicate_key": "a (file, laterality) key given on an earlier row",
-    "out_of_range": "a label outside 0..6",
-    "free_text": "a label that is not a number",
-    "bad_laterality": "a laterality other than L or R",
-    "extra_fields": "more values than the header has columns",
-    "bad_quoting": "an unbalanced quote that joins several lines into one value",
-}
 
 
 class LabelsError(ValueError):
@@ -108,11 +94,6 @@ class LabelRow:
     def key(self) -> tuple[str, str | None]:
         return (self.file, self.laterality)
 
-    @property
-    def binary(self) -> int | None:
-        """1 = fracture (schatzker != 0), 0 = none, None = unlabeled."""
-        return None if self.schatzker is None else int(self.schatzker != 0)
-
 
 @dataclass(frozen=True, kw_only=True)
 class Adjudication:
@@ -153,10 +134,6 @@ class LabelTable:
 
     def get(self, file: str, laterality: str | None = None) -> LabelRow | None:
         return self._by_key.get((normalize_file(file), laterality))
-
-    def rows_for(self, file: str) -> list[LabelRow]:
-        file = normalize_file(file)
-        return [r for r in self.rows if r.file == file]
 
     @property
     def labeled(self) -> list[LabelRow]:
@@ -251,11 +228,7 @@ def parse_schatzker(text: str) -> tuple[int | None, str | None]:
 def parse_laterality(text: str) -> tuple[str | None, bool]:
     """``"l"`` / ``"Left"`` -> ("L", True); ``""`` -> (None, True); other -> (None, False)."""
     t = text.strip().upper()
-    if not t:
-        return None, True
-    if t in LATERALITIES:
-        return LATERALITIES[t], True
-    return None, False
+    return LATERALITIES.get(t), not t or t in LATERALITIES
 
 
 def _decode(raw: bytes, path: Path) -> tuple[str, str]:
@@ -287,8 +260,7 @@ def _has_bad_bytes(text: str) -> bool:
 
 def _show_bad(text: str) -> str:
     """The cell as a user would see it in a Latin-1 editor (bad bytes decoded as Latin-1)."""
-    raw = text.encode("utf-8", errors="surrogateescape")
-    return raw.decode("latin-1")
+    return text.encode("utf-8", errors="surrogateescape").decode("latin-1")
 
 
 def _delimiter(header_line: str) -> str:
@@ -600,14 +572,7 @@ class _TableBuilder:
         )
         candidates = tuple(sorted({v for v in (first.schatzker, new.schatzker) if v is not None}))
         votes = {f"row {first.row}": first.schatzker, f"row {new.row}": new.schatzker}
-        self.rows[first.key] = LabelRow(
-            row=first.row,
-            file=first.file,
-            laterality=first.laterality,
-            schatzker=None,
-            readers=first.readers,
-            source="conflict",
-        )
+        self.rows[first.key] = replace(first, schatzker=None, source="conflict")
         self.adjudication[first.key] = Adjudication(
             row=first.row,
             file=first.file,

@@ -35,7 +35,7 @@ import io
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,18 +220,8 @@ class Splits:
         buf.write(_HEADER_PREFIX + json.dumps(self.params, sort_keys=True) + "\n")
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
-        for r in self.rows:
-            writer.writerow(
-                [
-                    r.file,
-                    r.laterality or "",
-                    r.patient,
-                    r.site or "",
-                    r.label,
-                    r.split,
-                    "" if r.fold is None else r.fold,
-                ]
-            )
+        # a SplitRow's fields are the columns, in order; None is written as an empty cell
+        writer.writerows(["" if v is None else v for v in astuple(r)] for r in self.rows)
         return atomic_write_text(path, buf.getvalue())
 
     @classmethod

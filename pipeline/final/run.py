@@ -132,7 +132,7 @@ def run_final(
         )
         test = outcome.tests[kept.name]
         paths = save_model(kept.model, out, info, example=prepared.test[0]["image"][None])
-        atomic_write_text(out / "config.yaml", _yaml(cfg.public_dict()))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.public_dict(), sort_keys=True))
         write_predictions(
             out / "predictions.csv", prepared.test.items, test, kept.model.task.classes
         )
@@ -267,18 +267,8 @@ def choose(candidates: list[Candidate], prepared: Any, *, why_not: str | None) -
         return decision
     trial = candidates[1]
     diff, se = paired_difference(
-        {
-            "probs": final.val.probs,
-            "threshold": final.threshold,
-            "type_decision": getattr(final.model, "type_decision", "argmax"),
-            "type_prior": getattr(final.model, "type_prior", None),
-        },
-        {
-            "probs": trial.val.probs,
-            "threshold": trial.threshold,
-            "type_decision": getattr(trial.model, "type_decision", "argmax"),
-            "type_prior": getattr(trial.model, "type_prior", None),
-        },
+        {"probs": final.val.probs, "threshold": final.threshold, **_type_rule(final.model)},
+        {"probs": trial.val.probs, "threshold": trial.threshold, **_type_rule(trial.model)},
         final.val.targets,
         dataset_groups(prepared.val),
         task=task,
@@ -320,9 +310,16 @@ def _ci(kept: Candidate, ev: Any, groups: list[str] | None, n: int) -> dict[str,
         task=kept.model.task,
         threshold=kept.threshold,
         n=n,
-        type_decision=getattr(kept.model, "type_decision", "argmax"),
-        type_prior=getattr(kept.model, "type_prior", None),
+        **_type_rule(kept.model),
     )
+
+
+def _type_rule(model: Any) -> dict[str, Any]:
+    """The 7-class decision rule a model carries (``fit`` and ``load_model`` attach it)."""
+    return {
+        "type_decision": getattr(model, "type_decision", "argmax"),
+        "type_prior": getattr(model, "type_prior", None),
+    }
 
 
 def _gallery(model: Any, prepared: Any, out: Path, *, threshold: float) -> str:
@@ -337,7 +334,3 @@ def _gallery(model: Any, prepared: Any, out: Path, *, threshold: float) -> str:
         log.warning("the heat-map gallery could not be drawn: %s: %s", type(e).__name__, e)
         # the report is shared: the error's kind, not its text (which may name files)
         return f"<p>Heat-map gallery not available ({html.escape(type(e).__name__)}).</p>"
-
-
-def _yaml(obj: Any) -> str:
-    return yaml.safe_dump(obj, sort_keys=True)

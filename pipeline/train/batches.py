@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -70,11 +71,9 @@ def hidden_labels(dataset: Dataset) -> np.ndarray:
     labels = getattr(dataset, "labels", None)
     if labels is not None:
         return np.asarray(labels, dtype=np.int64)
-    out = []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        out.append(int(item.get("true_label", item.get("label", -1))))
-    return np.asarray(out, dtype=np.int64)
+    items = (dataset[i] for i in range(len(dataset)))
+    truth = [int(item.get("true_label", item.get("label", -1))) for item in items]
+    return np.asarray(truth, dtype=np.int64)
 
 
 def load_images(dataset: Dataset, indices: Sequence[int]) -> torch.Tensor:
@@ -112,11 +111,8 @@ class StepSampler(Sampler):
         return len(self.labeled)
 
     def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:
-        if self.unlabeled is None:
-            for xi in self.labeled:
-                yield xi, []
-        else:
-            yield from zip(self.labeled, self.unlabeled)
+        unlabeled = repeat([]) if self.unlabeled is None else self.unlabeled
+        yield from zip(self.labeled, unlabeled)
 
 
 class StepDataset(Dataset):

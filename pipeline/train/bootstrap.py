@@ -51,11 +51,8 @@ def patient_resamples(
         where.setdefault(str(key), []).append(i)
     members = [np.asarray(where[k], dtype=np.int64) for k in sorted(where)]
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        chosen = rng.integers(0, len(members), size=len(members))
-        out.append(np.concatenate([members[c] for c in chosen]))
-    return out
+    draws = (rng.integers(0, len(members), size=len(members)) for _ in range(n))
+    return [np.concatenate([members[c] for c in chosen]) for chosen in draws]
 
 
 def bootstrap_draws(
@@ -132,9 +129,7 @@ def paired_difference(
             for m in (a, b)
         )
         (point if sample is whole else diffs).append(vb - va)
-    d = diffs[0][np.isfinite(diffs[0])]
-    se = float(np.std(d, ddof=1)) if len(d) >= 10 else float("nan")
-    return float(point[0][0]), se
+    return float(point[0][0]), _spread(diffs[0])
 
 
 def _decided(
@@ -162,11 +157,13 @@ def bootstrap_sem(
     probs: torch.Tensor, targets: torch.Tensor, groups: Sequence[str] | None, **kwargs: Any
 ) -> dict[str, float]:
     """Standard error of every metric: the spread of its patient-level resamples."""
-    out = {}
-    for k, v in bootstrap_draws(probs, targets, groups, **kwargs).items():
-        v = v[np.isfinite(v)]
-        out[k] = float(np.std(v, ddof=1)) if len(v) >= 10 else float("nan")
-    return out
+    return {k: _spread(v) for k, v in bootstrap_draws(probs, targets, groups, **kwargs).items()}
+
+
+def _spread(draws: np.ndarray) -> float:
+    """Standard deviation of the defined draws; NaN with fewer than 10 of them."""
+    v = draws[np.isfinite(draws)]
+    return float(np.std(v, ddof=1)) if len(v) >= 10 else float("nan")
 
 
 def bootstrap_ci(

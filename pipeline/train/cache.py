@@ -42,17 +42,6 @@ class StageRecord:
     history: list[float] = field(default_factory=list)
 
 
-def resolve_cache_root(cache_root: str | os.PathLike[str] | None = None) -> Path:
-    """The argument, else ``$RADSEARCH_CACHE``, else ``./.cache/radsearch``."""
-    if cache_root is not None:
-        return Path(cache_root)
-    return cache_home()
-
-
-def stage_key(kind: str, spec: dict[str, Any]) -> str:
-    return stable_hash({"kind": kind, "version": STAGE_VERSION, **spec})
-
-
 def cached_stage(
     kind: str,
     spec: dict[str, Any],
@@ -64,9 +53,10 @@ def cached_stage(
 
     ``spec`` must name everything the result depends on (settings, parent stage key,
     data identity). ``compute() -> (state_dict, loss history)`` runs only on a miss.
+    ``cache_root``: default ``$RADSEARCH_CACHE``, else ``./.cache/radsearch``.
     """
-    key = stage_key(kind, spec)
-    folder = resolve_cache_root(cache_root) / "stages"
+    key = stable_hash({"kind": kind, "version": STAGE_VERSION, **spec})
+    folder = (Path(cache_root) if cache_root is not None else cache_home()) / "stages"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{kind}-{key}.pt"
     t0 = time.perf_counter()

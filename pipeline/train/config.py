@@ -17,6 +17,7 @@ batches for a seed, so on the CPU they train the same weights.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,22 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("auto", "bf16-if-native", "32", "bf16", "16")
 #: Which epoch's weights ``fit`` keeps: the best validation monitor, or the last epoch.
 SELECTIONS = ("best", "last")
+
+
+#: range rules of the numeric keys (their types are checked by :func:`coerce`):
+#: (keys, test, what the test asks for)
+_RULES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
+    (("drop_rate", "ema_decay", "cb_beta"), lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    (("pseudo_label_threshold", "sampler_ratio"), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    (("ssl_lr", "T", "lr"), lambda v: v > 0, "> 0"),
+    (("metadata_epochs", "ssl_epochs", "rampup_epochs", "num_workers"), lambda v: v >= 0, ">= 0"),
+    (("lambda_u", "alpha", "focal_gamma", "weight_decay"), lambda v: v >= 0, ">= 0"),
+    (("mu", "K"), lambda v: v >= 1, ">= 1"),
+    (("batch_size", "epochs"), lambda v: v >= 1, "an int >= 1"),
+    (("steps_per_epoch",), lambda v: v is None or v >= 1, "None or an int >= 1"),
+    (("time_budget_s",), lambda v: v is None or v > 0, "None or > 0"),
+    (("early_stop_patience", "threads"), lambda v: v is None or v >= 1, "None or >= 1"),
+)
 
 
 class ConfigError(ValueError):
@@ -133,56 +150,10 @@ class TrainConfig:
             check_choice("data_path", self.data_path, DATA_PATHS)
         except UnknownNameError as e:
             raise ConfigError(str(e)) from e
-        _check(self, "drop_rate", 0.0 <= self.drop_rate < 1.0, "in [0, 1)")
-        _check(self, "metadata_epochs", self.metadata_epochs >= 0, ">= 0")
-        _check(self, "ssl_epochs", self.ssl_epochs >= 0, ">= 0")
-        _check(self, "ssl_lr", self.ssl_lr > 0, "> 0")
-        _check(
-            self,
-            "pseudo_label_threshold",
-            0.0 <= self.pseudo_label_threshold <= 1.0,
-            "in [0, 1]",
-        )
-        _check(self, "lambda_u", self.lambda_u >= 0, ">= 0")
-        _check(self, "mu", self.mu >= 1, ">= 1")
-        _check(self, "ema_decay", 0.0 <= self.ema_decay < 1.0, "in [0, 1)")
-        _check(self, "T", self.T > 0, "> 0")
-        _check(self, "K", self.K >= 1, ">= 1")
-        _check(self, "alpha", self.alpha >= 0, ">= 0")
-        _check(self, "rampup_epochs", self.rampup_epochs >= 0, ">= 0")
-        _check(self, "focal_gamma", self.focal_gamma >= 0, ">= 0")
-        _check(self, "cb_beta", 0.0 <= self.cb_beta < 1.0, "in [0, 1)")
-        _check(self, "sampler_ratio", 0.0 <= self.sampler_ratio <= 1.0, "in [0, 1]")
-        _check(self, "lr", self.lr > 0, "> 0")
-        _check(self, "weight_decay", self.weight_decay >= 0, ">= 0")
-        _check(
-            self,
-            "batch_size",
-            isinstance(self.batch_size, int) and self.batch_size >= 1,
-            "an int >= 1",
-        )
-        _check(self, "epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an int >= 1")
-        _check(
-            self,
-            "steps_per_epoch",
-            self.steps_per_epoch is None
-            or (isinstance(self.steps_per_epoch, int) and self.steps_per_epoch >= 1),
-            "None or an int >= 1",
-        )
-        _check(
-            self,
-            "time_budget_s",
-            self.time_budget_s is None or self.time_budget_s > 0,
-            "None or > 0",
-        )
-        _check(
-            self,
-            "early_stop_patience",
-            self.early_stop_patience is None or self.early_stop_patience >= 1,
-            "None or >= 1",
-        )
-        _check(self, "threads", self.threads is None or self.threads >= 1, "None or >= 1")
-        _check(self, "num_workers", self.num_workers >= 0, ">= 0")
+        for keys, ok, rule in _RULES:
+            for key in keys:
+                if not ok(getattr(self, key)):
+                    raise ConfigError(f"{key} must be {rule}, got {getattr(self, key)!r}")
         if not (self.device in ("auto", "cpu", "cuda", "gpu") or self.device.startswith("cuda:")):
             raise ConfigError(
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
@@ -217,8 +188,3 @@ def coerce(key: str, kind: str, value: Any) -> Any:
     elif base == "str" and not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
-
-
-def _check(config: TrainConfig, key: str, ok: bool, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} must be {rule}, got {getattr(config, key)!r}")

@@ -1,11 +1,8 @@
 """The one training loop: supervised, FixMatch and MixMatch share data path and loop.
 
 ``fit`` builds the model (through the cached pretraining stages), the imbalance loss
-and sampler, and the method, then runs a Lightning ``Trainer`` on ``TrainModule``.
-The module owns what every method shares (optimiser and schedule, EMA weights,
-per-epoch seeding, validation metrics with the threshold chosen on validation,
-early stopping, the time budget, ``report``), and asks the method object only for
-the math of a step.
+and sampler, and the method, then runs a Lightning ``Trainer`` on ``TrainModule``
+(:mod:`pipeline.train.module`: what every method shares).
 
 Reproducibility: every random stream (sampler, augmentation, MixUp, dropout) is
 seeded from ``(seed, stream, epoch)`` at the start of each epoch, so a run resumed
@@ -141,12 +138,6 @@ class Evaluation:
 # ----------------------------------------------------------------------------- fit
 
 
-def _accelerator(device: torch.device) -> tuple[str, Any]:
-    if device.type == "cuda":
-        return "gpu", [device.index or 0]
-    return "cpu", 1
-
-
 @contextlib.contextmanager
 def _quiet_lightning():
     """Keep Lightning's start-up banners and data-loader hints out of trial logs."""
@@ -167,8 +158,7 @@ def _quiet_lightning():
 
 
 def _labels_of(task: Task, dataset: Dataset, what: str) -> np.ndarray:
-    raw = dataset_labels(dataset)
-    y = task.encode_many(raw)
+    y = task.encode_many(dataset_labels(dataset))
     if len(y) == 0:
         raise TrainError(f"the {what} set is empty")
     if (y < 0).any():
@@ -379,7 +369,8 @@ def _loaders(
     """(train, validation) loaders and the data path: the same draws either way, read from
     the cache per step, or gathered on the device."""
     unlabeled = data.unlabeled if method.uses_unlabeled else None
-    u_y = _hidden_labels_of(get_task(config.task), unlabeled)
+    # the true labels an unlabeled set hides: for the pseudo-label accuracy monitor only
+    u_y = None if unlabeled is None else get_task(config.task).encode_many(hidden_labels(unlabeled))
     eval_batch = max(EVAL_BATCH, config.batch_size)
     data_path, why = choose_data_path(config.data_path, device, data.labeled, unlabeled, data.val)
     log.info("data path: %s (%s)", data_path, why)
@@ -415,11 +406,6 @@ def _loaders(
     return (train, val), data_path
 
 
-def _hidden_labels_of(task: Task, unlabeled: Dataset | None) -> np.ndarray | None:
-    """The true labels an unlabeled set hides (pseudo-label accuracy monitor only)."""
-    return None if unlabeled is None else task.encode_many(hidden_labels(unlabeled))
-
-
 def _train(
     module: TrainModule,
     loaders: tuple[Any, Any],
@@ -432,11 +418,11 @@ def _train(
     steps: int,
 ) -> None:
     """Lightning's Trainer over the module, resumed from ``ckpt`` when it exists."""
-    accelerator, devices = _accelerator(device)
+    on_gpu = device.type == "cuda"
     with _quiet_lightning():
         trainer = L.Trainer(
-            accelerator=accelerator,
-            devices=devices,
+            accelerator="gpu" if on_gpu else "cpu",
+            devices=[device.index or 0] if on_gpu else 1,
             precision=precision,
             max_epochs=min(config.epochs, until_epoch or config.epochs),
             logger=False,

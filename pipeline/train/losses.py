@@ -121,9 +121,8 @@ class LogitAdjusted(Loss):
     prior_bias = False
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        tau = float(self.options.get("la_tau", 1.0))
         log_prior = torch.log(class_priors(self.counts)).to(logits.device)  # (C,)
-        return soft_cross_entropy(logits + tau * log_prior, target)
+        return soft_cross_entropy(logits + log_prior, target)
 
 
 @LOSSES.register("ldam")
@@ -135,11 +134,9 @@ class LDAM(Loss):
     """
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        max_margin = float(self.options.get("ldam_max_margin", 0.5))
-        scale = float(self.options.get("ldam_scale", 1.0))
         m = self.counts.clamp_min(1.0).pow(-0.25)
-        m = (m * (max_margin / m.max())).to(logits.device)  # (C,)
-        return soft_cross_entropy(scale * (logits - target * m), target)
+        m = (m * (0.5 / m.max())).to(logits.device)  # (C,)
+        return soft_cross_entropy(logits - target * m, target)
 
 
 def build_loss(

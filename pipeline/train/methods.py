@@ -4,7 +4,7 @@ Pure functions use the papers' names and return ``(loss, monitors)``:
 
 - ``fixmatch_loss`` (Sohn et al., 2020), with optional ``distribution_alignment``
   (Berthelot et al., ReMixMatch, 2020), which matters under class imbalance;
-- ``sharpen``, ``guess_labels``, ``mixup``, ``linear_rampup`` and ``mixmatch_loss``
+- ``sharpen``, ``mixup``, ``linear_rampup`` and ``mixmatch_loss``
   (Berthelot et al., MixMatch, 2019).
 
 ``METHODS`` maps the names the search spaces use to ``Method`` classes. A method
@@ -14,8 +14,7 @@ only supplies the math of one step (augment, forward, pure loss); the shared loo
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -107,12 +106,6 @@ def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:
     return p / p.sum(dim=1, keepdim=True)
 
 
-def guess_labels(logits_u: Sequence[torch.Tensor] | torch.Tensor, T: float) -> torch.Tensor:
-    """Average the softmax of K augmented views (K, B, C) and sharpen: q_b (B, C)."""
-    stacked = torch.stack(list(logits_u)) if not torch.is_tensor(logits_u) else logits_u
-    return sharpen(torch.softmax(stacked.float(), dim=2).mean(dim=0), T)
-
-
 def mixup(
     x: torch.Tensor, p: torch.Tensor, lam: float, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +172,6 @@ class StepContext:
 class Method:
     """One training method: a step's math plus any state it keeps between steps."""
 
-    name: ClassVar[str] = ""
     uses_unlabeled: ClassVar[bool] = False
     uses_ema: ClassVar[bool] = False
     #: the monitors ``step`` returns (reported per epoch as ``train/<name>``)
@@ -215,7 +207,6 @@ def list_methods() -> list[str]:
 class Supervised(Method):
     """Labeled data only, weak augmentation."""
 
-    name = "supervised"
     monitors = ("loss_x",)
 
     def step(
@@ -239,13 +230,31 @@ class _Aligner:
         self.p_model = self.momentum * self.p_model + (1.0 - self.momentum) * batch_mean
 
 
-@METHODS.register("fixmatch")
-class FixMatch(Method):
-    """Confident weak-view pseudo-labels train the strong view (Sohn et al., 2020)."""
+class _SemiSupervised(Method):
+    """A method on unlabeled images too, with EMA weights and optional distribution
+    alignment, whose running prediction mean is its state."""
 
-    name = "fixmatch"
     uses_unlabeled = True
     uses_ema = True
+
+    def __init__(
+        self, *, num_classes: int, prior: torch.Tensor, dist_align: bool = False, **params: Any
+    ):
+        super().__init__(num_classes=num_classes, prior=prior)
+        self.aligner = _Aligner(num_classes) if dist_align else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"p_model": None if self.aligner is None else self.aligner.p_model.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.aligner is not None and state.get("p_model") is not None:
+            self.aligner.p_model = state["p_model"].clone()
+
+
+@METHODS.register("fixmatch")
+class FixMatch(_SemiSupervised):
+    """Confident weak-view pseudo-labels train the strong view (Sohn et al., 2020)."""
+
     monitors = ("loss_x", "loss_u", "mask_rate", "pseudo_acc")
 
     def __init__(
@@ -259,10 +268,9 @@ class FixMatch(Method):
         dist_align: bool = False,
         **params: Any,
     ):
-        super().__init__(num_classes=num_classes, prior=prior)
+        super().__init__(num_classes=num_classes, prior=prior, dist_align=dist_align)
         self.threshold = float(pseudo_label_threshold)  # the paper's tau
         self.lambda_u, self.mu = float(lambda_u), int(mu)
-        self.aligner = _Aligner(num_classes) if dist_align else None
 
     def unlabeled_batch_size(self, batch_size: int) -> int:
         return self.mu * batch_size
@@ -299,24 +307,14 @@ class FixMatch(Method):
             self.aligner.update(torch.softmax(logits_u_weak.float(), dim=1))
         return loss, monitors
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"p_model": None if self.aligner is None else self.aligner.p_model.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.aligner is not None and state.get("p_model") is not None:
-            self.aligner.p_model = state["p_model"].clone()
-
 
 @METHODS.register("mixmatch")
-class MixMatch(Method):
+class MixMatch(_SemiSupervised):
     """Sharpened guesses over K views, MixUp of labeled and unlabeled (Berthelot et al., 2019).
 
     The unlabeled batch has the labeled batch's size, as in the paper (``mu`` is FixMatch's).
     """
 
-    name = "mixmatch"
-    uses_unlabeled = True
-    uses_ema = True
     monitors = ("loss_x", "loss_u", "rampup", "pseudo_acc")
 
     def __init__(
@@ -332,10 +330,9 @@ class MixMatch(Method):
         dist_align: bool = False,
         **params: Any,
     ):
-        super().__init__(num_classes=num_classes, prior=prior)
+        super().__init__(num_classes=num_classes, prior=prior, dist_align=dist_align)
         self.T, self.K, self.alpha = float(T), int(K), float(alpha)
         self.lambda_u, self.rampup_epochs = float(lambda_u), float(rampup_epochs)
-        self.aligner = _Aligner(num_classes) if dist_align else None
 
     def unlabeled_batch_size(self, batch_size: int) -> int:
         return batch_size
@@ -378,20 +375,8 @@ class MixMatch(Method):
         monitors["pseudo_acc"] = monitors_guess
         return loss, monitors
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"p_model": None if self.aligner is None else self.aligner.p_model.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.aligner is not None and state.get("p_model") is not None:
-            self.aligner.p_model = state["p_model"].clone()
-
 
 def build_method(name: str, *, num_classes: int, prior: torch.Tensor, **params: Any) -> Method:
     """The method ``name``; ``params`` are trial keys (pseudo_label_threshold, lambda_u, mu, T,
     K, ...)."""
     return METHODS.get(name)(num_classes=num_classes, prior=prior, **params)
-
-
-def nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")

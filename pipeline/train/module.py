@@ -37,6 +37,20 @@ from pipeline.train.runtime import derive_seed, generator, peak_memory_mib, rese
 Report = Callable[[dict[str, float]], None]
 
 
+#: the attributes of ``TrainModule`` a checkpoint carries besides the weights
+_RUN_STATE = (
+    "history",
+    "best_value",
+    "best_epoch",
+    "best_row",
+    "best_state",
+    "bad_epochs",
+    "ema_steps",
+    "elapsed_s",
+    "stop_reason",
+)
+
+
 class TrainError(RuntimeError):
     """A training run that cannot start or go on; the message says why and what to do."""
 
@@ -77,7 +91,7 @@ class TrainModule(L.LightningModule):
             self.ema = copy.deepcopy(model)
             self.ema.requires_grad_(False)
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
-        # state kept in checkpoints
+        # state kept in checkpoints (_RUN_STATE)
         self.history: list[dict[str, float]] = []
         self.best_value: float | None = None
         self.best_epoch = 0
@@ -274,15 +288,7 @@ class TrainModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["radsearch"] = {
-            "history": self.history,
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "best_row": self.best_row,
-            "best_state": self.best_state,
-            "bad_epochs": self.bad_epochs,
-            "ema_steps": self.ema_steps,
-            "elapsed_s": self.elapsed_s,
-            "stop_reason": self.stop_reason,
+            **{key: getattr(self, key) for key in _RUN_STATE},
             "method": self.method.state_dict(),
             "config": self.config.to_dict(),
         }
@@ -291,15 +297,8 @@ class TrainModule(L.LightningModule):
         extra = checkpoint.get("radsearch")
         if extra is None:
             raise TrainError("checkpoint was not written by pipeline.train (no 'radsearch' entry)")
-        self.history = list(extra["history"])
-        self.best_value = extra["best_value"]
-        self.best_epoch = int(extra["best_epoch"])
-        self.best_row = dict(extra["best_row"])
-        self.best_state = extra["best_state"]
-        self.bad_epochs = int(extra["bad_epochs"])
-        self.ema_steps = int(extra["ema_steps"])
-        self.elapsed_s = float(extra["elapsed_s"])
-        self.stop_reason = str(extra["stop_reason"])
+        for key in _RUN_STATE:
+            setattr(self, key, extra[key])
         self.method.load_state_dict(extra["method"])
 
 

@@ -183,11 +183,11 @@ class ResidentEval:
 def resident_bytes(*datasets: Dataset | None) -> int:
     """At most how many bytes the resident path stores for ``datasets`` (float32 each; the
     16-bit codes of cache crops take half), from the first item of each."""
-    total = 0
-    for dataset in datasets:
-        if dataset is not None and len(dataset):
-            total += len(dataset) * image_tensor(dataset[0]["image"]).numel() * 4
-    return total
+    return sum(
+        len(d) * image_tensor(d[0]["image"]).numel() * 4
+        for d in datasets
+        if d is not None and len(d)
+    )
 
 
 def choose_data_path(
@@ -199,8 +199,6 @@ def choose_data_path(
     path on a GPU when the crops take at most ``RESIDENT_SHARE`` of its memory and half
     of what is free now; the loader path on the CPU (and on a GPU they do not fit).
     """
-    if requested not in DATA_PATHS:
-        raise ValueError(f"data_path must be one of {', '.join(DATA_PATHS)}, got {requested!r}")
     if requested != "auto":
         return requested, f"data_path={requested}"
     if device.type != "cuda":

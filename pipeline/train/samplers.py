@@ -61,8 +61,6 @@ class BatchSampler:
         self.labels = np.asarray(labels, dtype=np.int64)
         if len(self.labels) == 0:
             raise ValueError("a sampler needs at least one sample")
-        if batch_size < 1 or steps < 1:
-            raise ValueError(f"batch_size and steps must be >= 1, got {batch_size}, {steps}")
         self.batch_size = int(batch_size)
         self.steps = int(steps)
         self.seed = int(seed)
@@ -140,11 +138,6 @@ class RatioSampler(BatchSampler):
 
     stream_id = 3
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"sampler_ratio must be in [0, 1], got {self.ratio}")
-
     def minority_per_batch(self) -> int:
         return min(self.batch_size, math.ceil(self.ratio * self.batch_size))
 
@@ -162,15 +155,11 @@ class RatioSampler(BatchSampler):
         minority = minority_classes(self.labels)
         per_class = [_Stream(np.flatnonzero(self.labels == c), rng) for c in minority]
         n_min = self.minority_per_batch() if len(minority) else 0
-        turn = 0
-        for _ in range(self.steps):
-            picks = []
-            for _ in range(n_min):
-                picks.append(per_class[turn % len(per_class)].take(1))
-                turn += 1
+        for step in range(self.steps):
+            turns = range(step * n_min, (step + 1) * n_min)
+            picks = [per_class[turn % len(per_class)].take(1) for turn in turns]
             picks.append(everything.take(self.batch_size - n_min))
-            batch = np.concatenate(picks)
-            yield rng.permutation(batch).tolist()
+            yield rng.permutation(np.concatenate(picks)).tolist()
 
 
 def build_sampler(

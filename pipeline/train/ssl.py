@@ -10,7 +10,6 @@ by configuration lives in ``pipeline.train.stages``.
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -25,12 +24,9 @@ from pipeline.train.runtime import pretrain_loop
 class SSLObjective(nn.Module):
     """Wraps a backbone (B, C, H, W) -> (B, F) with the heads of one SSL method."""
 
-    name: ClassVar[str] = ""
-
-    def __init__(self, backbone: nn.Module, feature_dim: int):
+    def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        self.feature_dim = feature_dim
 
     def loss(self, view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -51,13 +47,11 @@ def list_ssl_methods() -> list[str]:
 class SimCLR(SSLObjective):
     """SimCLR (Chen et al., 2020): NT-Xent between projections of two views."""
 
-    name = "simclr"
-
     def __init__(self, backbone: nn.Module, feature_dim: int, *, temperature: float = 0.2):
         from lightly.loss import NTXentLoss
         from lightly.models.modules.heads import SimCLRProjectionHead
 
-        super().__init__(backbone, feature_dim)
+        super().__init__(backbone)
         hidden = max(128, feature_dim)
         self.projection = SimCLRProjectionHead(feature_dim, hidden, 128)
         self.criterion = NTXentLoss(temperature=temperature)
@@ -72,8 +66,6 @@ class SimCLR(SSLObjective):
 class BYOL(SSLObjective):
     """BYOL (Grill et al., 2020): predict a momentum encoder's projection of the other view."""
 
-    name = "byol"
-
     def __init__(
         self, backbone: nn.Module, feature_dim: int, *, hidden: int = 1024, out: int = 256
     ):
@@ -81,7 +73,7 @@ class BYOL(SSLObjective):
         from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
-        super().__init__(backbone, feature_dim)
+        super().__init__(backbone)
         self.projection = BYOLProjectionHead(feature_dim, hidden, out)
         self.prediction = BYOLPredictionHead(out, hidden, out)
         self.backbone_momentum = copy.deepcopy(backbone)

@@ -2,11 +2,10 @@
 
 A trial's backbone goes through "transfer learning in steps": ImageNet weights (when
 cached locally), then metadata pretraining, then self-supervised pretraining, then
-the task. Each stage's output (the backbone's state dict) is stored under
-``<cache root>/stages/<kind>-<key>.pt`` where the key hashes the stage's settings,
-the key of the stage before it and the identity of the images it trained on, so
-trials that share a stage compute it once. A file lock makes two processes that
-need the same stage at the same time compute it once: the second waits and loads.
+the task. Each stage's output (the backbone's state dict) is cached
+(:mod:`pipeline.train.cache`) under a key that hashes the stage's settings, the key of
+the stage before it and the identity of the images it trained on, so trials that
+share a stage compute it once.
 """
 
 from __future__ import annotations
@@ -60,13 +59,6 @@ def pretrain(
     With no metadata or SSL stage, returns ``state=None`` and the model is built from
     ImageNet weights (when cached) or timm's seeded random init.
     """
-    with using_threads(config.threads):
-        return _pretrain(config, data, cache_root)
-
-
-def _pretrain(
-    config: TrainConfig, data: TrainData, cache_root: str | os.PathLike[str] | None
-) -> Pretrained:
     in_chans = data.in_chans()
     use_imagenet = (
         config.pretrained == "imagenet" and cached_imagenet_weights(config.backbone) is not None
@@ -81,15 +73,16 @@ def _pretrain(
     want_ssl = SSL_METHODS.get(config.ssl_method) is not None and config.ssl_epochs > 0
     if not (want_meta or want_ssl):
         return Pretrained(None, key, use_imagenet)
-    stages = _Stages(config, data, in_chans, use_imagenet, key, cache_root)
-    if want_meta:
-        stages.run("metadata", {"epochs": config.metadata_epochs}, pretrain_metadata)
-    if want_ssl:
-        stages.run(
-            "ssl",
-            {"method": config.ssl_method, "epochs": config.ssl_epochs},
-            functools.partial(pretrain_ssl, method=config.ssl_method),
-        )
+    with using_threads(config.threads):
+        stages = _Stages(config, data, in_chans, use_imagenet, key, cache_root)
+        if want_meta:
+            stages.run("metadata", {"epochs": config.metadata_epochs}, pretrain_metadata)
+        if want_ssl:
+            stages.run(
+                "ssl",
+                {"method": config.ssl_method, "epochs": config.ssl_epochs},
+                functools.partial(pretrain_ssl, method=config.ssl_method),
+            )
     return Pretrained(stages.state, stages.key, use_imagenet, stages.records)
 
 

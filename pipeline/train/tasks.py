@@ -31,7 +31,6 @@ class Task:
     name: str
     classes: tuple[str, ...]
     head: str
-    doc: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -71,10 +70,7 @@ TASKS: Registry[Task] = Registry("task")
 
 def class_priors(counts: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Laplace-smoothed class priors (C,): classes absent from the labels keep a finite log prior."""
-    if torch.is_tensor(counts):
-        counts = counts.detach().cpu().double()
-    else:
-        counts = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
+    counts = torch.as_tensor(counts).detach().cpu().double()
     return ((counts + 1.0) / (counts.sum() + counts.numel())).float()
 
 

@@ -36,7 +36,6 @@ from pipeline.trial.config import (
     trial_keys,
 )
 from pipeline.trial.data import (
-    NOT_DICOM_SUFFIXES,
     LoadedData,
     PreparedData,
     cache_root,
@@ -63,7 +62,6 @@ __all__ = [
     "DATA_SOURCE_KEYS",
     "LOCAL_PATH",
     "LOCAL_PATH_KEYS",
-    "NOT_DICOM_SUFFIXES",
     "PHANTOM_FRACTURE_RATE",
     "PHANTOM_LABELED_FRACTION",
     "RESULT_KEYS",

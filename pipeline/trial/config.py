@@ -1,9 +1,5 @@
-"""A trial's configuration: one flat dict of keys, validated and split by concern.
-
-The keys are listed by :func:`trial_keys` (and in docs/architecture.md): data and split
-keys (:class:`DataConfig`), preprocessing keys (``pipeline.preprocess.TRIAL_DEFAULTS``),
-training keys (``pipeline.train.TrainConfig``) and ``checkpoint_dir``.
-"""
+"""A trial's configuration: one flat dict of keys (:mod:`pipeline.trial` lists their
+groups), validated and split by concern."""
 
 from __future__ import annotations
 
@@ -97,8 +93,6 @@ class DataConfig:
     def cross_validates(self) -> bool:
         """``folds`` without ``fold``: train and score every fold, report their mean."""
         return self.folds is not None and self.fold is None
-        if self.labeled_limit is not None and int(self.labeled_limit) < 2:
-            raise TrialConfigError(f"labeled_limit must be >= 2, got {self.labeled_limit!r}")
 
 
 #: the data keys that say where the images come from (a search space's ``data`` section);

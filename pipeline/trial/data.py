@@ -14,16 +14,16 @@ import hashlib
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from filelock import FileLock
 
 from pipeline.data import OUT_OF_SCOPE, CachedRadiographs, build_items, load_labels, make_splits
-from pipeline.dicom import iter_files
+from pipeline.dicom import candidate_files
 from pipeline.io import cache_home
 from pipeline.preprocess import PreprocessConfig, build_cache
 from pipeline.synth import generate, planned_labels
@@ -34,12 +34,6 @@ from pipeline.trial.config import (
     DataConfig,
     TrialConfig,
     TrialError,
-)
-
-#: files in a data folder that are never DICOM (labels, sidecars, notes, pictures)
-NOT_DICOM_SUFFIXES = frozenset(
-    {".csv", ".tsv", ".json", ".jsonl", ".txt", ".md", ".yaml", ".yml", ".xlsx", ".xls"}
-    | {".png", ".jpg", ".jpeg", ".pdf", ".html", ".lock"}
 )
 
 
@@ -116,11 +110,7 @@ def ensure_phantom(
 def dicom_files(data_dir: Path, listed: list[str]) -> list[str]:
     """Files of the data folder to preprocess: those the labels CSV lists, plus every
     other file that is not obviously something else (DICOM files often have no suffix)."""
-    found = {
-        p.relative_to(data_dir).as_posix()
-        for p in iter_files(data_dir)
-        if p.suffix.lower() not in NOT_DICOM_SUFFIXES
-    }
+    found = {p.relative_to(data_dir).as_posix() for p in candidate_files(data_dir)}
     return sorted(found | {f for f in listed if (data_dir / f).is_file()})
 
 
@@ -244,21 +234,12 @@ def split_data(loaded: LoadedData, config: TrialConfig, *, fold: int | None = No
     for name in ("train", "val"):
         if not selected[name]:
             raise TrialError(
-                f"the {name} split is empty: {loaded.labels.summary().get('usable', 0)} usable "
+                f"the {name} split is empty: {len(loaded.labels.labeled)} usable "
                 f"labels in {loaded.labels_csv.name} are too few for "
                 f"val_fraction={d.val_fraction}, test_fraction={d.test_fraction}"
             )
 
-    def dataset(name: str) -> Any:
-        return CachedRadiographs(
-            selected[name],
-            loaded.index,
-            views=d.views,
-            missing_view=d.missing_view,
-            data_dir=loaded.data_dir,
-        )
-
-    sets = {name: dataset(name) for name in selected}
+    sets = {name: _dataset(items, loaded, d) for name, items in selected.items()}
     if loaded.truth:  # the phantom knows what it hides: feeds the pseudo-label accuracy monitor
         sets["unlabeled"].true_labels = [
             loaded.truth.get((i.file, i.laterality), -1) for i in sets["unlabeled"].items
@@ -317,12 +298,12 @@ def labeled_set(
         raise TrialError(
             "the external data folder holds no labeled frontal-knee image to evaluate on"
         )
+    return _dataset(chosen, loaded, other.data)
+
+
+def _dataset(items: list[Any], loaded: LoadedData, d: DataConfig) -> Any:
     return CachedRadiographs(
-        chosen,
-        loaded.index,
-        views=other.data.views,
-        missing_view=other.data.missing_view,
-        data_dir=loaded.data_dir,
+        items, loaded.index, views=d.views, missing_view=d.missing_view, data_dir=loaded.data_dir
     )
 
 
@@ -349,7 +330,7 @@ def prepare(config: Mapping[str, Any], *, workers: int | None = None) -> dict[st
         "tag_pixel_disagreements": items["tag_pixel_disagreements"],
         "fractures": dict(first.summary["fractures"]),
         "classes": {
-            name: {int(k): int(v) for k, v in zip(*_unique(getattr(first, name).labels))}
+            name: dict(sorted(Counter(int(v) for v in getattr(first, name).labels).items()))
             for name in ("train", "val", "test")
         },
         "val": sum(len(p.val) for p in parts),
@@ -389,10 +370,6 @@ def expected_validation(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _unique(labels: Any) -> tuple[Any, Any]:
-    return np.unique(np.asarray(labels), return_counts=True)
-
-
 def _limit_labeled(items: list[Any], limit: int, seed: int) -> list[Any]:
     """A seeded subset of ``limit`` labeled items that keeps at least one of each class."""
     rng = random.Random(seed)
@@ -415,8 +392,7 @@ def _phantom_truth(data_dir: Path) -> dict[tuple[str, str | None], int]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             rec = json.loads(line)
-            knees = rec.get("knees") or []
-            for knee in knees:
+            for knee in rec.get("knees") or []:
                 truth[(rec["file"], knee.get("laterality"))] = int(knee.get("schatzker", 0))
             truth[(rec["file"], None)] = int(rec.get("schatzker", 0))
     return truth
