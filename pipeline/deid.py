@@ -136,6 +136,29 @@ def pseudonym(kind: str, value: str, salt: str | bytes) -> str:
     return f"{PSEUDONYM_PREFIXES[kind]}-{digest[:_KEY_HEX]}"
 
 
+def identity_keys(ds: Dataset, salt: str | bytes) -> dict[str, str | None]:
+    """The patient, study and site pseudonyms of a data set (``patient_key``, ...; None if absent).
+
+    One definition for the keys a file's ``meta`` carries and the values :func:`deidentify`
+    writes into its copy, so the original and the copy group together. The patient key needs
+    a PatientID (its issuer only qualifies it); a StudyID that already is a study key is kept.
+    """
+    pid, issuer = _text(ds, _PATIENT_ID), _text(ds, _ISSUER)
+    site = [p for p in (_text(ds, _INSTITUTION), _text(ds, _STATION)) if p]
+    study_id, study_uid = _text(ds, _STUDY_ID), _text(ds, _STUDY_UID)
+    if study_id and _KEY_RE["study"].match(study_id):
+        study = study_id
+    else:
+        study = pseudonym("study", study_uid, salt) if study_uid else None
+    return {
+        "patient_key": pseudonym("patient", "\x1f".join(p for p in (pid, issuer) if p), salt)
+        if pid
+        else None,
+        "study_key": study,
+        "site_key": pseudonym("site", "\x1f".join(site), salt) if site else None,
+    }
+
+
 def replacement_uid(uid: str, salt: str | bytes) -> str:
     """A new UID for ``uid``, the same every time for one salt (``2.25.<128-bit integer>``).
 
@@ -322,21 +345,12 @@ class _Deidentifier:
 
     # keys computed from the top-level dataset before anything changes
     def prepare(self, ds: Dataset) -> None:
-        pid = _text(ds, _PATIENT_ID)
-        if pid:
-            issuer = _text(ds, _ISSUER)
-            self.patient_key = pseudonym(
-                "patient", "\x1f".join(p for p in (pid, issuer) if p), self.salt
-            )
-        site = [p for p in (_text(ds, _INSTITUTION), _text(ds, _STATION)) if p]
-        if site:
-            self.site_key = pseudonym("site", "\x1f".join(site), self.salt)
-        study_id = _text(ds, _STUDY_ID)
-        study_uid = _text(ds, _STUDY_UID)
-        if study_id and _KEY_RE["study"].match(study_id):
-            self.study_key = study_id
-        elif study_uid:
-            self.study_key = pseudonym("study", study_uid, self.salt)
+        keys = identity_keys(ds, self.salt)
+        self.patient_key, self.study_key, self.site_key = (
+            keys["patient_key"],
+            keys["study_key"],
+            keys["site_key"],
+        )
 
     def walk(self, ds: Dataset, prefix: str = "", *, top: bool = False) -> None:
         for tag in list(ds.keys()):
@@ -449,7 +463,8 @@ def deidentify(
     size and weight (the Retain Patient Characteristics Option).
 
     Adds Patient Identity Removed = YES, De-identification Method (+ Code Sequence,
-    DCM 113100) and Longitudinal Temporal Information Modified = REMOVED.
+    DCM 113100) and Longitudinal Temporal Information Modified = REMOVED, and the study and
+    site pseudonyms where the original had no Study ID or Institution Name to replace.
     """
     out = copy.deepcopy(ds)
     worker = _Deidentifier(
@@ -468,6 +483,12 @@ def deidentify(
             elif BASIC_PROFILE.get(int(tag)) == "U":
                 worker.replace_uid(meta[tag], label)
     added = _mark_deidentified(out, retain_patient_characteristics)
+    # an original without these fields still has the key (from its study UID or station):
+    # the copy carries it, so both group together
+    for keyword, key in (("StudyID", worker.study_key), ("InstitutionName", worker.site_key)):
+        if key and keyword not in out:
+            setattr(out, keyword, key)
+            added += (keyword,)
     return DeidReport(
         dataset=out,
         removed=tuple(worker.removed),
@@ -514,7 +535,7 @@ def _text(ds: Dataset, tag: int) -> str:
         value = elem.value
         if isinstance(value, list | tuple):
             value = "\\".join(str(v) for v in value)
-        return str(value).strip()
+        return " ".join(str(value).split())  # padding and doubled spaces do not make a new key
     except Exception:  # a value pydicom cannot convert carries no usable identifier
         return ""
 

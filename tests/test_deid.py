@@ -311,6 +311,32 @@ def test_keys_of_a_deidentified_copy_match_the_original(tmp_path):
     np.testing.assert_array_equal(read_radiograph(original).image, read_radiograph(copy_path).image)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"PatientID": "AB  12 345 "},  # padding and a doubled space
+        {"PatientID": None},  # an issuer alone names no patient
+        {"StudyID": None, "InstitutionName": None},  # keys from the study UID and station
+    ],
+)
+def test_keys_of_a_copy_match_the_original_at_the_edges(tmp_path, change):
+    ds = phi_dataset()
+    for keyword, value in change.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    assert ds.IssuerOfPatientID
+    original = tmp_path / "orig.dcm"
+    original.write_bytes(to_bytes(ds))
+    copy_path = tmp_path / "deid.dcm"
+    copy_path.write_bytes(to_bytes(deidentify(pydicom.dcmread(original), "salt-a").dataset))
+    before, after = read_meta(original, salt="salt-a"), read_meta(copy_path, salt="salt-a")
+    for key in ("patient_key", "study_key", "site_key"):
+        assert before[key] == after[key], key
+    assert (before["patient_key"] is None) == ("PatientID" not in ds)
+
+
 def _sha(folder: Path) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -39,6 +39,8 @@ def test_bad_values_name_the_key():
         TrialConfig.from_dict({"lr": -1.0})
     with pytest.raises(TrialConfigError, match="fold"):
         TrialConfig.from_dict({"fold": 1})
+    with pytest.raises(TrialConfigError, match="labeled_limit"):
+        TrialConfig.from_dict({"labeled_limit": 1})
 
 
 def test_trial_keys_cover_every_group():

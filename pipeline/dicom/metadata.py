@@ -18,7 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pipeline.deid import clean_text, pseudonym, resolve_salt
+from pipeline.deid import clean_text, identity_keys, resolve_salt
 from pipeline.dicom.errors import DicomError
 from pipeline.dicom.image_header import transfer_syntax
 from pipeline.dicom.parse import header_values, read_dataset
@@ -87,12 +87,6 @@ def meta_of(ds: Dataset, path: Path, salt: bytes) -> dict[str, Any]:
     spacing = next(filter(None, (parse_spacing(_get(ds, k)) for k in keywords)), None)
     laterality = _str(ds, "ImageLaterality", upper=True) or _str(ds, "Laterality", upper=True)
     series = _str(ds, "SeriesDescription")
-    patient = [p for p in (_str(ds, "PatientID"), _str(ds, "IssuerOfPatientID")) if p]
-    site = [p for p in (_str(ds, "InstitutionName"), _str(ds, "StationName")) if p]
-    study = _str(ds, "StudyID")
-    if not (study and re.fullmatch(r"S-[0-9a-f]{12}", study)):  # a de-identified copy keeps its key
-        uid = _str(ds, "StudyInstanceUID")
-        study = pseudonym("study", uid, salt) if uid else None
     try:
         syntax = transfer_syntax(ds, path).name
     except DicomError:
@@ -112,9 +106,7 @@ def meta_of(ds: Dataset, path: Path, salt: bytes) -> dict[str, Any]:
         "columns": _int_or_none(_get(ds, "Columns")),
         "patient_sex": {"F": 0.0, "M": 1.0}.get(_str(ds, "PatientSex", upper=True) or ""),
         "patient_age": _age(ds),
-        "patient_key": pseudonym("patient", "\x1f".join(patient), salt) if patient else None,
-        "study_key": study,
-        "site_key": pseudonym("site", "\x1f".join(site), salt) if site else None,
+        **identity_keys(ds, salt),
         "transfer_syntax": syntax,
     }
 

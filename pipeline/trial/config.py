@@ -88,6 +88,8 @@ class DataConfig:
             raise TrialConfigError(f"folds must be >= 2, got {self.folds!r}")
         if self.fold is not None and not 0 <= int(self.fold) < int(self.folds):
             raise TrialConfigError(f"fold must be in 0..{int(self.folds) - 1}, got {self.fold!r}")
+        if self.labeled_limit is not None and int(self.labeled_limit) < 2:
+            raise TrialConfigError(f"labeled_limit must be >= 2, got {self.labeled_limit!r}")
 
     @property
     def cross_validates(self) -> bool:
