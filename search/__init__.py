@@ -11,23 +11,7 @@ Names are imported on first use, so ``python -m search validate`` stays quick.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pipeline
-
-__all__ = [
-    "AxSearcher",
-    "SearchError",
-    "SearchResult",
-    "SpaceConfig",
-    "SpaceError",
-    "load_space",
-    "open_experiment",
-    "promote",
-    "resume_search",
-    "run_search",
-    "write_report",
-]
 
 _WHERE = {
     "AxSearcher": "search.searcher",
@@ -42,12 +26,7 @@ _WHERE = {
     "run_search": "search.runner",
     "write_report": "search.report",
 }
+__all__ = sorted(_WHERE)
 
-if TYPE_CHECKING:
-    from search.promote import promote
-    from search.report import write_report
-    from search.runner import SearchError, SearchResult, open_experiment, resume_search, run_search
-    from search.searcher import AxSearcher
-    from search.space import SpaceConfig, SpaceError, load_space
 
 __getattr__, __dir__ = pipeline.lazy_exports(__name__, _WHERE)

@@ -157,12 +157,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             space = load_space(path)
             build_client(space)  # Ax's own checks (hierarchy, constraints)
-        except SpaceError as e:
-            _err(str(e))
-            status = 2
-            continue
-        except Exception as e:  # Ax rejected the space
-            _err(f"{path}: {e}")
+        except Exception as e:  # a SpaceError names the file; Ax's own rejections do not
+            _err(str(e) if isinstance(e, SpaceError) else f"{path}: {e}")
             status = 2
             continue
         searched = ", ".join(p.name for p in space.parameters.searched)
@@ -177,13 +173,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: Any) -> int:
-    from search.statefiles import resume_command
+    from search.statefiles import display_path, resume_command
 
-    path = result.path
-    try:
-        shown = str(path.relative_to(Path.cwd()))
-    except ValueError:
-        shown = str(path)
+    shown = display_path(result.path)
     counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(result.counts.items()))
     for note in result.notes:
         print(note)
@@ -198,7 +190,7 @@ def _print_result(result: Any) -> int:
         )
         print(f"next: python -m search report {shown}   |   python -m search promote {shown}")
     if result.status != "finished":
-        print(f"continue with: {resume_command(path)}")
+        print(f"continue with: {resume_command(result.path)}")
         return 1
     return 0
 
@@ -362,10 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except SpaceError as e:
-        _err(str(e))
-        return 2
-    except ExperimentError as e:
+    except (SpaceError, ExperimentError) as e:
         _err(str(e))
         return 2
     except KeyboardInterrupt:

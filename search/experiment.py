@@ -1,25 +1,17 @@
 """The experiment folder ``results/<name>/``: everything one search leaves behind.
 
-    space.yaml        the resolved space (after command-line overrides), without local paths
-    ax_state.json     the Ax client (experiment + generation strategy), after every change
-    experiment.json   sessions, status and one record per trial (the bookkeeping)
-    trials.csv        one row per trial: parameters, status, metrics, epochs, duration, node
-    history.jsonl     every per-epoch report of every trial (learning curves)
-    best.yaml         the best completed trial that meets the outcome constraints
-    checkpoints/      each trial's checkpoint folder (``trial-0007/``: its model of record)
-    wandb/            the W&B runs when offline
-    report.html       ``python -m search report``
-    final/            ``python -m search promote``
+Its files are listed in ``results/README.md``: the resolved space without local paths
+(``space.yaml``), the Ax state, ``experiment.json`` (sessions, status and one record per
+trial), ``trials.csv``, ``history.jsonl``, ``best.yaml``, each trial's checkpoint folder
+(``checkpoints/trial-0007/``), offline W&B runs, the report and ``final/``.
 
 The folder can be shared: it holds no local path of the data, no host name and no user
 name (see :mod:`search.privacy`). What is not for sharing lives beside it, in
 ``results/.local/<experiment id>/`` (the id is in ``experiment.json``; on a Ray cluster
-it is on the shared file system with ``results/``, as Ray Tune's folder must be)::
-
-    paths.json        where the data is: data_dir, labels, cache_dir (resume reads them)
-    sessions.json     each session's cluster address, command line, host and pid
-    ray/session-N/    Ray Tune's working folder of each run or resume
-    wandb-logs/       W&B's debug logs of each run
+it is on the shared file system with ``results/``, as Ray Tune's folder must be):
+``paths.json`` (where the data is, read by resume), ``sessions.json`` (each session's
+cluster address, command line, host and pid), Ray Tune's ``ray/session-N/`` and W&B's
+debug logs (``wandb-logs/``).
 
 Without it (the folder was copied alone), ``resume`` and ``promote`` refuse until the
 data location is given again (``python -m search resume results/<name> --data DIR``).
@@ -49,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 import pipeline
 from search.privacy import ADDRESS, public_command, public_text, stow_wandb_logs
@@ -64,11 +57,7 @@ from search.statefiles import (
     now_iso,
     resume_command,
 )
-from search.tables import (
-    QUEUED,
-    RUNNING,
-    TrialTables,
-)
+from search.tables import QUEUED, RUNNING, TrialTables
 from search.values import finite
 
 if TYPE_CHECKING:
@@ -164,10 +153,6 @@ class ExperimentFolder(TrialTables):
         return self.local_dir / "wandb-logs"
 
     @property
-    def wandb_dir(self) -> Path:
-        return self.path / "wandb"
-
-    @property
     def final_dir(self) -> Path:
         return self.path / "final"
 
@@ -230,7 +215,10 @@ class ExperimentFolder(TrialTables):
         self.save_state()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> ExperimentFolder:
+    def open(cls, path: str | os.PathLike[str] | ExperimentFolder) -> ExperimentFolder:
+        """The experiment folder at ``path`` (an open one as is); refuse if there is none."""
+        if isinstance(path, ExperimentFolder):
+            return path
         folder = cls(path)
         if not (folder.path / STATE_FILE).is_file():
             hint = ""
@@ -253,8 +241,6 @@ class ExperimentFolder(TrialTables):
         ``command`` (``run ...``, ``resume ...``) is recorded beside the lock, without its
         local paths, so that a refused driver can say who holds it.
         """
-        from filelock import FileLock, Timeout
-
         self.path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
         try:
@@ -283,12 +269,9 @@ class ExperimentFolder(TrialTables):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / LOCK_OWNER_FILE).unlink()
             lock.release()
-            lock.release()
 
     def is_locked(self) -> bool:
         """True while a live driver holds the lock."""
-        from filelock import FileLock, Timeout
-
         lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
         try:
             lock.acquire()
@@ -329,7 +312,7 @@ class ExperimentFolder(TrialTables):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 done.append(tmp.name)
-        for run_dir in sorted(self.wandb_dir.glob("*run-*")) if self.wandb_dir.is_dir() else ():
+        for run_dir in sorted((self.path / "wandb").glob("*run-*")):
             if (run_dir / "logs").is_dir():
                 stow_wandb_logs(run_dir, self.wandb_logs_dir)
                 done.append(f"wandb/{run_dir.name}/logs (moved to the local folder)")
@@ -466,29 +449,20 @@ class ExperimentFolder(TrialTables):
         its paths, a cluster's address as ``<address>``), in the local folder in full
         (``sessions.json``: the cluster address, the command, the host and the pid)."""
         n = len(self.state["sessions"]) + 1
-        started = now_iso()
+        session = {"session": n, "started": now_iso()}
         local = self.local_dir / SESSIONS_FILE
         sessions: list[dict[str, Any]] = []
         with contextlib.suppress(FileNotFoundError, ValueError):
             sessions = json.loads(local.read_text(encoding="utf-8"))
         sessions = [s for s in sessions if s.get("session") != n]
-        sessions.append(
-            {
-                "session": n,
-                "started": started,
-                "address": address,
-                "command": command,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            }
-        )
+        host = {"host": socket.gethostname(), "pid": os.getpid()}
+        sessions.append({**session, "address": address, "command": command, **host})
         self.local_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with disk_full_is_clear(local):
             pipeline.atomic_write_json(local, sessions)
         self.state["sessions"].append(
             {
-                "session": n,
-                "started": started,
+                **session,
                 "ended": None,
                 "status": "running",
                 "address": address if address in (None, "auto") else ADDRESS,
@@ -638,6 +612,13 @@ class ExperimentFolder(TrialTables):
             rec["duration_s"] = round(time.time() - float(rec["started_t"]), 3)
         self.save_state()
         self.write_tables()
+
+    def trial_retried(self, index: int, reason: str, **fields: Any) -> None:
+        """One more retry of a trial: counted, and ``reason`` added to its ``retry_reason``."""
+        rec = self.trials.get(index, {})
+        notes = [n for n in str(rec.get("retry_reason") or "").split("; ") if n]
+        retries = int(rec.get("retries") or 0) + 1
+        self.trial_note(index, retries=retries, retry_reason="; ".join([*notes, reason]), **fields)
 
     def trial_note(self, index: int, **fields: Any) -> None:
         """Add facts to a trial record (node, checkpoint, error text, timings)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pipeline
-from search.problems import Problems, SpaceError, join, mapping, number, shown
+from search.problems import Problems, join, mapping, number, shown
 from search.values import finite
 
 Scalar = bool | int | float | str
@@ -162,15 +162,6 @@ class ParametersConfig:
                 return p
         raise KeyError(name)
 
-    def children(self, parent: str) -> dict[Scalar, list[str]]:
-        """value of ``parent`` -> names of the parameters active only for that value."""
-        out: dict[Scalar, list[str]] = {}
-        for p in self.searched:
-            if p.when is not None and p.when.parent == parent:
-                for v in p.when.values:
-                    out.setdefault(v, []).append(p.name)
-        return out
-
     def to_dict(self) -> dict[str, Any]:
         return {p.name: p.to_dict() for p in self.parameters}
 
@@ -180,8 +171,8 @@ class ParametersConfig:
         d: Mapping[str, Any],
         constraints: Any = None,
         *,
+        problems: Problems,
         path: str = "parameters",
-        problems: Problems | None = None,
         known_keys: Mapping[str, Any] | None = None,
         budget_keys: Iterable[str] = (),
         check_names: bool = True,
@@ -194,8 +185,6 @@ class ParametersConfig:
         ``run_trial``, such as the benchmark's test functions); ``check_choices=False``
         skips the registry and timm look-ups (for a space that was validated before).
         """
-        own = problems is None
-        problems = problems or Problems()
         d = mapping(d, path, problems)
         keys = dict(known_keys) if known_keys is not None else trial_keys()
         budget_keys = set(budget_keys)
@@ -218,9 +207,7 @@ class ParametersConfig:
                     )
                     continue
                 if name not in keys:
-                    problems.add(
-                        where, pipeline.unknown_name_message("trial setting", name, sorted(keys))
-                    )
+                    problems.unknown(where, "trial setting", name, sorted(keys))
                     continue
             if name in budget_keys:
                 problems.add(
@@ -235,8 +222,6 @@ class ParametersConfig:
             parsed.append(param)
         parsed = _resolve_conditions(parsed, raw_when, path, problems)
         cons = _parse_linear_constraints(constraints, parsed, problems)
-        if own and problems.items:
-            raise SpaceError("<parameters>", problems.items)
         return cls(parameters=tuple(parsed), constraints=cons)
 
 
@@ -254,11 +239,7 @@ def _parse_parameter(
     if kind is None:
         implied = {"bounds": "range", "values": "choice", "value": "fixed"}
         kind = next((k for key, k in implied.items() if key in spec), None)
-    if not isinstance(kind, str) or kind not in PARSERS:
-        problems.add(
-            join(where, "type"),
-            pipeline.unknown_name_message("parameter type", kind, list(PARSERS)),
-        )
+    if not problems.choice(join(where, "type"), "parameter type", kind, PARSERS):
         return None
     if "when" in spec:
         when = spec["when"]
@@ -291,11 +272,7 @@ def _parse_range(name: str, spec: dict, where: str, problems: Problems) -> Param
     value_type = spec.get("value_type")
     if value_type is None:
         value_type = "int" if isinstance(lo, int) and isinstance(hi, int) else "float"
-    if value_type not in ("int", "float"):
-        problems.add(
-            join(where, "value_type"),
-            pipeline.unknown_name_message("value type", value_type, ["float", "int"]),
-        )
+    if not problems.choice(join(where, "value_type"), "value type", value_type, ["float", "int"]):
         return None
     if value_type == "int" and (float(lo) != int(lo) or float(hi) != int(hi)):
         problems.add(join(where, "bounds"), "an int parameter needs whole-number bounds")
@@ -305,10 +282,7 @@ def _parse_range(name: str, spec: dict, where: str, problems: Problems) -> Param
         problems.add(join(where, "bounds"), "lower must be < upper")
         return None
     scale = spec.get("scale", "linear")
-    if scale not in ("linear", "log"):
-        problems.add(
-            join(where, "scale"), pipeline.unknown_name_message("scale", scale, ["linear", "log"])
-        )
+    if not problems.choice(join(where, "scale"), "scale", scale, ["linear", "log"]):
         return None
     if scale == "log" and lo <= 0:
         problems.add(join(where, "bounds"), "a log-scale parameter needs lower > 0")
@@ -407,16 +381,13 @@ def _check_values(
         for v in values:
             if not isinstance(v, str) or not is_timm_backbone(v):
                 names = [n for n, _ in pipeline.list_parts("backbones")]
-                problems.add(sub, pipeline.unknown_name_message("backbone", v, names))
+                problems.unknown(sub, "backbone", v, names)
         return
     choices = pipeline.choices_for_key(param.name)
     if choices:
         for v in values:
             if v not in choices:
-                problems.add(
-                    sub,
-                    pipeline.unknown_name_message(param.name.replace("_", " "), v, list(choices)),
-                )
+                problems.unknown(sub, param.name.replace("_", " "), v, choices)
 
 
 def _resolve_conditions(
@@ -434,10 +405,7 @@ def _resolve_conditions(
         values = tuple(raw_values) if isinstance(raw_values, list | tuple) else (raw_values,)
         parent = by_name.get(parent_name)
         if parent is None:
-            problems.add(
-                where,
-                pipeline.unknown_name_message("parent parameter", parent_name, sorted(by_name)),
-            )
+            problems.unknown(where, "parent parameter", parent_name, sorted(by_name))
             continue
         if parent_name == p.name:
             problems.add(where, "a parameter cannot depend on itself")
@@ -453,12 +421,7 @@ def _resolve_conditions(
             parent_values = parent.values
         bad = [v for v in values if v not in parent_values]
         if bad:
-            problems.add(
-                where,
-                pipeline.unknown_name_message(
-                    f"value of {parent_name}", bad[0], [str(v) for v in parent_values]
-                ),
-            )
+            problems.unknown(where, f"value of {parent_name}", bad[0], map(str, parent_values))
             continue
         if isinstance(p, FixedParameter):
             problems.add(where, "only searched parameters can be conditional")
@@ -500,7 +463,7 @@ def _parse_linear_constraints(
         for n in names:
             p = by_name.get(n)
             if p is None:
-                problems.add(where, pipeline.unknown_name_message("parameter", n, sorted(by_name)))
+                problems.unknown(where, "parameter", n, sorted(by_name))
                 ok = False
             elif isinstance(p, FixedParameter):
                 problems.add(where, f"'{n}' is fixed; constraints relate searched range parameters")

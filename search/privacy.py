@@ -2,17 +2,10 @@
 
 Folder names can name people or places (a hospital archive's ``/archive/DOE^JANE
 MRN123/``), and a home folder names its user, so what the search writes into the
-experiment folder or sends to W&B is passed through these functions first:
-
-- :func:`public`: a configuration (any depth) with every local path replaced by
-  ``<local path>``: the values of the path keys (``data_dir``, ``labels``, ...) and any
-  string that looks like an absolute path;
-- :func:`public_command`: a command line whose data locations, output folders and
-  cluster address are replaced, and whose other absolute paths are too;
-- :func:`public_text`: free text (an error message) with known local folders replaced by
-  short names (``<data>/0001.dcm``) and the home folder by ``~``;
-- :func:`make_files_public`: the YAML and JSON files of a folder rewritten through
-  :func:`public` (the final model's folder, written by ``pipeline.run_final``).
+experiment folder or sends to W&B is passed through these functions first: settings
+(:func:`public`), command lines (:func:`public_command`), free text such as error
+messages (:func:`public_text`) and the files of the final model's folder
+(:func:`make_files_public`).
 
 What is not for sharing (the data location, Ray Tune's working files, W&B's debug
 logs) lives beside the experiment folder, in ``results/.local/<experiment id>/``

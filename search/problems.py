@@ -50,12 +50,23 @@ class Problems:
         )
         self.items.append((path, message))
 
+    def unknown(self, path: str, what: str, name: Any, choices: Iterable[str]) -> None:
+        """``unknown <what> 'name': did you mean ...? (choices: ...)``."""
+        self.add(path, pipeline.unknown_name_message(what, name, list(choices)))
+
+    def choice(self, path: str, what: str, value: Any, allowed: Iterable[str]) -> bool:
+        """Whether ``value`` is one of ``allowed``; when not, a problem naming the closest."""
+        allowed = list(allowed)
+        if value in allowed:
+            return True
+        self.unknown(path, what, value, allowed)
+        return False
+
     def unknown_keys(self, path: str, given: Iterable[str], allowed: Iterable[str]) -> None:
         allowed = list(allowed)
         for key in given:
             if key not in allowed:
-                where = f"{path}.{key}" if path else str(key)
-                self.add(where, pipeline.unknown_name_message("key", key, allowed))
+                self.unknown(f"{path}.{key}" if path else str(key), "key", key, allowed)
 
 
 def shown(value: Any, limit: int = 60) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from search.experiment import ExperimentFolder
 from search.space import SpaceConfig
-from search.tables import COMPLETED, EARLY_STOPPED, FAILED
+from search.tables import COMPLETED, EARLY_STOPPED, FAILED, FINISHED_STATUSES
 
 _STYLE = {
     COMPLETED: "green",
@@ -40,11 +41,7 @@ def _with_sem(row: dict[str, Any], metric: str) -> str:
 def _fmt(value: Any) -> str:
     if value is None or value == "":
         return ""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        return f"{value:.4g}"
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class Progress:
@@ -99,10 +96,7 @@ class Progress:
     def _print_finished(self) -> None:
         metric = self.space.objective.metric
         for row in self.folder.rows():
-            if (
-                row["status"] in (COMPLETED, FAILED, EARLY_STOPPED)
-                and row["trial"] not in self._printed
-            ):
+            if row["status"] in FINISHED_STATUSES and row["trial"] not in self._printed:
                 self._printed.add(row["trial"])
                 extra = f" error: {row['error']}" if row.get("error") else ""
                 if row.get("stop_reason"):
@@ -116,9 +110,7 @@ class Progress:
     def table(self) -> Table:
         space, metric = self.space, self.space.objective.metric
         rows = self.folder.rows()
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        counts = Counter(r["status"] for r in rows)
         best = self.folder.best()
         best_txt = (
             f"best {metric} = {_fmt(best['objective']['value'])} (trial {best['trial']})"

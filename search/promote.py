@@ -77,11 +77,7 @@ def promote(
 ) -> dict[str, Any]:
     """Train, choose, test the best configuration; returns ``run_final``'s summary
     (``metrics``: the kept model's test metrics, ``kept``, ``decision``, ...)."""
-    folder = (
-        experiment
-        if isinstance(experiment, ExperimentFolder)
-        else ExperimentFolder.open(experiment)
-    )
+    folder = ExperimentFolder.open(experiment)
     best = folder.best()
     if best is None:
         raise PromoteError(
@@ -172,12 +168,10 @@ def headline(summary: Mapping[str, Any]) -> list[str]:
     decision = summary.get("decision") or {}
     if summary.get("kept"):
         lines.append(f"kept: the {summary['kept']} model ({decision.get('reason', '')})")
-    metrics, ci = summary.get("metrics", {}), summary.get("ci95", {})
     external = summary.get("external") or {}
-    metrics = {**metrics, **external.get("metrics", {})}
-    ci = {**ci, **external.get("ci95", {})}
-    keys = [*HEADLINE, *(k.replace("test/", "external/") for k in HEADLINE)]
-    for key in keys:
+    metrics = {**summary.get("metrics", {}), **external.get("metrics", {})}
+    ci = {**summary.get("ci95", {}), **external.get("ci95", {})}
+    for key in [*HEADLINE, *(k.replace("test/", "external/") for k in HEADLINE)]:
         if finite(metrics.get(key)):
             lo_hi = ci.get(key)
             interval = f" (95% CI {lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if lo_hi else ""

@@ -104,8 +104,6 @@ class TPEProposer:
 
 def _satisfies(params: Mapping[str, Any], constraints: Sequence[str]) -> bool:
     """Check linear constraints such as ``x1 + 2*x2 <= 1`` (parsed by Ax) on a point."""
-    if not constraints:
-        return True
     for text in constraints:
         c = ParameterConstraint(inequality=text)
         total = sum(w * float(params.get(name, 0.0)) for name, w in c.constraint_dict.items())

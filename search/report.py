@@ -248,9 +248,9 @@ def learning_curves_figure(folder: ExperimentFolder, space: SpaceConfig) -> Any:
 def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>No trials yet.</p>"
-    cols = [c for c in rows[0] if c not in ("ray_trial", "started")]
-    for r in rows:
-        cols += [c for c in r if c not in cols and c not in ("ray_trial", "started")]
+    cols = [
+        c for c in dict.fromkeys(k for r in rows for k in r) if c not in ("ray_trial", "started")
+    ]
 
     def cell(v: Any) -> str:
         if v is None:
@@ -273,12 +273,7 @@ def write_report(
     importance: bool = True,
 ) -> Path:
     """Write ``report.html`` (and the figures' data) for an experiment; returns its path."""
-
-    folder = (
-        experiment
-        if isinstance(experiment, ExperimentFolder)
-        else ExperimentFolder.open(experiment)
-    )
+    folder = ExperimentFolder.open(experiment)
     space = folder.space()
     rows = folder.rows()
     best = folder.best()

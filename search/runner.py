@@ -16,23 +16,13 @@ configurations (:mod:`search.noise`). Each trial then runs in a Ray worker
 (:mod:`search.worker`); Ray Tune's side lives in :mod:`search.tuner`, the cluster's in
 :mod:`search.cluster`, early stopping in :mod:`search.stopping`.
 
-Faults, and where each is handled:
-
-- a trial that raises: failed (reason: the last line of its traceback); Ray first retries
-  it ``budget.max_failures`` times from its last checkpoint, as it does for a worker
-  process that dies (``on_trial_recover`` records each retry);
-- a trial whose loss diverges (``search.worker.divergence``: a non-finite loss, or a training
-  loss above 10x its first value) is stopped by the worker at that report and ends
-  early-stopped with the reason (failed when it had no score yet);
-- a trial that returns a non-finite objective: failed, never completed with an
-  earlier epoch's score;
-- out of memory: the worker retries once with half the batch size, then the trial
-  fails with the reason; the retry and the batch size are in ``trials.csv``;
-- a space whose trial does not fit the cluster (or any one node of it) is refused
-  before the experiment folder is written, naming what the cluster has;
-- a second driver on one experiment folder is refused by the folder's lock, naming
-  the driver that holds it; a full disk stops the driver with the path and the free
-  space, and the folder keeps its last good state (see ``search.experiment``).
+Faults (``results/README.md`` lists them) and where each is handled: a trial that
+diverges, runs out of memory or returns a non-finite objective, in the worker; a trial
+that raises, by Ray's retries (``budget.max_failures``, from its last checkpoint), then
+recorded failed with the last line of its traceback (:mod:`search.tuner`); a trial that
+fits no node of the cluster, refused before the experiment folder is written
+(:mod:`search.cluster`); a second driver or a full disk, by the experiment folder
+(:mod:`search.experiment`).
 """
 
 from __future__ import annotations
@@ -126,7 +116,6 @@ def run_search(
     name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = ExperimentFolder(Path(results_dir) / name)
     folder.check_new()
-    trainable = trainable or default_trainable()
     command = command or f"run {space.source}"
     # the lock first: of two drivers started at once with one name, one runs and the
     # other refuses before it writes anything
@@ -186,7 +175,6 @@ def resume_search(
     budget for this and later sessions, as on the command line.
     """
     folder = ExperimentFolder.open(path)
-    trainable = trainable or default_trainable()
     command = command or f"resume {folder.display}"
     with folder.locked(command=command):
         folder.recover()
@@ -225,8 +213,8 @@ def reconcile(folder: ExperimentFolder, client: Any) -> list[int]:
     rerun: list[int] = []
     with quiet_ax():
         for index, rec in sorted(folder.trials.items()):
-            ax_status = statuses.get(index)
-            status = rec.get("status")
+            ax_status, status = statuses.get(index), rec.get("status")
+            stored = folder.state["trials"][str(index)]
             if ax_status is None:  # proposed, then the driver stopped before Ax's state was written
                 del folder.state["trials"][str(index)]
                 continue
@@ -246,18 +234,16 @@ def reconcile(folder: ExperimentFolder, client: Any) -> list[int]:
                         client.mark_trial_abandoned(index)
                 else:
                     rerun.append(index)
-                    folder.state["trials"][str(index)]["status"] = INTERRUPTED
+                    stored["status"] = INTERRUPTED
             elif ax_status == "COMPLETED" and status != COMPLETED:
-                folder.state["trials"][str(index)].update(
-                    status=COMPLETED, metrics=rec.get("metrics") or rec.get("last") or {}
-                )
+                stored.update(status=COMPLETED, metrics=rec.get("metrics") or rec.get("last") or {})
             elif ax_status == "FAILED" and status != FAILED:
-                folder.state["trials"][str(index)]["status"] = FAILED
+                stored["status"] = FAILED
             elif ax_status in ("EARLY_STOPPED", "ABANDONED") and status not in (
                 EARLY_STOPPED,
                 FAILED,
             ):
-                folder.state["trials"][str(index)]["status"] = EARLY_STOPPED
+                stored["status"] = EARLY_STOPPED
     folder.save_state()
     folder.save_ax(client)
     folder.write_tables()
@@ -270,7 +256,7 @@ def _execute(
     client: Any,
     *,
     rerun: list[int],
-    trainable: Trainable,
+    trainable: Trainable | None,
     address: str | None,
     progress: bool,
     command: str,
@@ -293,7 +279,7 @@ def _execute(
             if note:
                 notes.append(note)
             setup = TrialSetup(
-                trainable=trainable,
+                trainable=trainable or default_trainable(),
                 base=base,
                 threads=space.budget.threads,
                 tracking=TrackingSetup.for_experiment(space.tracking, folder.name, folder.path),
@@ -318,10 +304,8 @@ def _execute(
         status = "interrupted"
         raise
     except SearchError:
-        status = "failed"
         raise
-    except Exception as e:
-        status = "failed"
+    except Exception as e:  # status stays "failed"
         raise _search_error(e, folder) from e
     finally:
         # on a full disk these writes fail too: the last good state stays as it is
@@ -354,15 +338,15 @@ def _search_error(e: Exception, folder: ExperimentFolder) -> SearchError:
 
 def _prepare_data(
     folder: ExperimentFolder, space: SpaceConfig, base: dict[str, Any], say: Callable[[str], None]
-) -> str | None:
+) -> None:
     """Build the phantom and the preprocessing cache with every core of this machine, record
-    the split counts in the folder, and return the small-validation warning, if any.
+    the split counts in the folder, and say the small-validation warning, if any.
 
     Skipped (the trials prepare their own data) when a preprocessing or data key is searched.
     """
     searched = {p.name for p in space.parameters.searched}
     if searched & set(pipeline.data_preparation_keys()):
-        return None
+        return
     t0 = time.time()
     say("preparing the data (phantom and preprocessing cache, all cores)...")
     counts = pipeline.prepare(base)
@@ -376,7 +360,6 @@ def _prepare_data(
     )
     if warning:
         say(f"warning: {warning}")
-    return warning
 
 
 def _kept_out(counts: dict[str, Any]) -> str:

@@ -127,7 +127,6 @@ class AxSearcher(Searcher):
                 self._params[index] = dict(rec.get("params") or {})
         self._attached: dict[int, int] = {}
         self._stalls = 0
-        self.proposal_seconds: dict[int, float] = {}
         self._ax_metrics = {m: ax_metric_name(m) for m in objective.metrics}
         self._baseline = dict(baseline or {})
 
@@ -145,7 +144,7 @@ class AxSearcher(Searcher):
         if len(self._live) >= self._concurrency:
             return None  # Ray would queue more pending trials than the slots we run at once
         if not self._queue:
-            remaining = self._max_trials - self._n_trials()
+            remaining = self._max_trials - len(self._params)
             if remaining <= 0:
                 return Searcher.FINISHED
             free = max(1, self._concurrency - len(self._live))
@@ -188,17 +187,10 @@ class AxSearcher(Searcher):
         if not reason or self._folder is None:
             return
         rec = self._folder.trials.get(index, {})
-        if rec.get("reduced_batch_size") == result.get(BATCH_KEY) and reason in str(
-            rec.get("retry_reason") or ""
-        ):
+        batch = plain(result.get(BATCH_KEY))
+        if rec.get("reduced_batch_size") == batch and reason in str(rec.get("retry_reason") or ""):
             return
-        notes = [n for n in str(rec.get("retry_reason") or "").split("; ") if n]
-        self._folder.trial_note(
-            index,
-            retries=int(rec.get("retries") or 0) + 1,
-            retry_reason="; ".join([*notes, str(reason)]),
-            reduced_batch_size=plain(result.get(BATCH_KEY)),
-        )
+        self._folder.trial_retried(index, str(reason), reduced_batch_size=batch)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -314,17 +306,7 @@ class AxSearcher(Searcher):
     def client(self) -> Client:
         return self._client
 
-    @property
-    def live(self) -> dict[str, int]:
-        return dict(self._live)
-
-    def index_of(self, trial_id: str) -> int | None:
-        return self._live.get(trial_id)
-
     # ---- internals -------------------------------------------------------------------------
-    def _n_trials(self) -> int:
-        return len(self._params)
-
     def _generate(self, k: int) -> list[int]:
         t0 = time.perf_counter()
         new: dict[int, dict[str, Any]] = {}
@@ -338,13 +320,11 @@ class AxSearcher(Searcher):
                 new.update(self._propose(k - len(new)))
             except AxError as e:
                 log.debug("Ax cannot propose a trial now: %s", e)
-        seconds = time.perf_counter() - t0
-        for index, params in new.items():
-            self._params[index] = params
-            self.proposal_seconds[index] = seconds / max(1, len(new))
-        if self._folder is not None and new:
-            self._folder.trials_queued(new, proposal_s=round(seconds / max(1, len(new)), 4))
+        self._params.update(new)
         if new:
+            if self._folder is not None:
+                seconds = (time.perf_counter() - t0) / len(new)
+                self._folder.trials_queued(new, proposal_s=round(seconds, 4))
             self._changed()
         return list(new)
 
@@ -419,35 +399,37 @@ def observation(
     return data
 
 
+#: Ray's bookkeeping keys in a result (with ``config/...`` and our ``search/...``)
+_RAY_KEYS = {
+    "config",
+    "trial_id",
+    "experiment_tag",
+    "date",
+    "timestamp",
+    "pid",
+    "hostname",
+    "node_ip",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "done",
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "should_checkpoint",
+    INDEX_KEY,
+}
+
+
 def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
     """The trial's own metrics from a Ray result (Ray's bookkeeping keys left out)."""
-    skip = {
-        "config",
-        "trial_id",
-        "experiment_tag",
-        "date",
-        "timestamp",
-        "pid",
-        "hostname",
-        "node_ip",
-        "time_since_restore",
-        "iterations_since_restore",
-        "checkpoint_dir_name",
-        "done",
-        "training_iteration",
-        "time_this_iter_s",
-        "time_total_s",
-        "should_checkpoint",
-        FINAL_KEY,
-        INDEX_KEY,
+    return {
+        k: plain(v)
+        for k, v in result.items()
+        if k not in _RAY_KEYS
+        and not k.startswith(("config/", "search/"))
+        and (finite(v) or isinstance(v, str))
     }
-    out = {}
-    for k, v in result.items():
-        if k in skip or k.startswith(("config/", "search/")):
-            continue
-        if finite(v) or isinstance(v, str):
-            out[k] = plain(v)
-    return out
 
 
 __all__ = [

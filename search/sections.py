@@ -32,10 +32,6 @@ class DataSection:
 
     values: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def is_phantom(self) -> bool:
-        return self.values.get("data_dir") is None
-
     def trial_settings(self) -> dict[str, Any]:
         """The data keys of a trial's config (paths as strings)."""
         return dict(self.values)
@@ -89,6 +85,7 @@ def _check_paths(values: Mapping[str, Any], path: str, problems: Problems) -> No
         )
 
 
+DIRECTIONS = ("maximize", "minimize")
 _CONSTRAINT_RE = re.compile(
     r"^\s*([A-Za-z_][\w/.\-]*)\s*(>=|<=)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*$"
 )
@@ -137,10 +134,8 @@ class ObjectiveConfig:
 
     @classmethod
     def from_dict(
-        cls, d: Mapping[str, Any], *, path: str = "objective", problems: Problems | None = None
+        cls, d: Mapping[str, Any], *, problems: Problems, path: str = "objective"
     ) -> ObjectiveConfig:
-        own = problems is None
-        problems = problems or Problems()
         d = mapping(d, path, problems)
         problems.unknown_keys(path, d, ["metric", "direction", "constraints", "folds"])
         kwargs: dict[str, Any] = {}
@@ -152,12 +147,7 @@ class ObjectiveConfig:
         else:
             kwargs["metric"] = metric
         direction = d.get("direction", cls.direction)
-        if direction not in ("maximize", "minimize"):
-            problems.add(
-                join(path, "direction"),
-                pipeline.unknown_name_message("direction", direction, ["maximize", "minimize"]),
-            )
-        else:
+        if problems.choice(join(path, "direction"), "direction", direction, DIRECTIONS):
             kwargs["direction"] = direction
         raw = d.get("constraints") or []
         if not isinstance(raw, list):
@@ -188,8 +178,6 @@ class ObjectiveConfig:
                 )
             else:
                 kwargs["folds"] = folds
-        if own and problems.items:
-            raise SpaceError("<objective>", problems.items)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,13 +239,10 @@ class BudgetConfig:
 
     @classmethod
     def from_dict(
-        cls, d: Mapping[str, Any], *, path: str = "budget", problems: Problems | None = None
+        cls, d: Mapping[str, Any], *, problems: Problems, path: str = "budget"
     ) -> BudgetConfig:
-        own = problems is None
-        problems = problems or Problems()
         d = mapping(d, path, problems)
-        names = [f.name for f in dataclasses.fields(cls)]
-        problems.unknown_keys(path, d, names)
+        problems.unknown_keys(path, d, [f.name for f in dataclasses.fields(cls)])
         kwargs: dict[str, Any] = {}
         ints_min = {
             "trials": 1,
@@ -294,15 +279,8 @@ class BudgetConfig:
             else:
                 kwargs[key] = float(v)
         for key, allowed in (("scheduler", SCHEDULERS), ("algorithm", ALGORITHMS)):
-            if key in d:
-                if d[key] not in allowed:
-                    problems.add(
-                        join(path, key), pipeline.unknown_name_message(key, d[key], list(allowed))
-                    )
-                else:
-                    kwargs[key] = d[key]
-        if own and problems.items:
-            raise SpaceError("<budget>", problems.items)
+            if key in d and problems.choice(join(path, key), key, d[key], allowed):
+                kwargs[key] = d[key]
         return cls(**kwargs)
 
 
@@ -336,10 +314,8 @@ class TrackingConfig:
 
     @classmethod
     def from_dict(
-        cls, d: Mapping[str, Any], *, path: str = "tracking", problems: Problems | None = None
+        cls, d: Mapping[str, Any], *, problems: Problems, path: str = "tracking"
     ) -> TrackingConfig:
-        own = problems is None
-        problems = problems or Problems()
         d = mapping(d, path, problems)
         problems.unknown_keys(path, d, ["project", "entity", "mode", "log_images"])
         kwargs: dict[str, Any] = {}
@@ -349,19 +325,11 @@ class TrackingConfig:
                     problems.add(join(path, key), "expected a name")
                 else:
                     kwargs[key] = d[key]
-        if "mode" in d:
-            if d["mode"] not in TRACKING_MODES:
-                problems.add(
-                    join(path, "mode"),
-                    pipeline.unknown_name_message("mode", d["mode"], list(TRACKING_MODES)),
-                )
-            else:
-                kwargs["mode"] = d["mode"]
+        if "mode" in d and problems.choice(join(path, "mode"), "mode", d["mode"], TRACKING_MODES):
+            kwargs["mode"] = d["mode"]
         if "log_images" in d:
             if not isinstance(d["log_images"], bool):
                 problems.add(join(path, "log_images"), "expected true or false")
             else:
                 kwargs["log_images"] = d["log_images"]
-        if own and problems.items:
-            raise SpaceError("<tracking>", problems.items)
         return cls(**kwargs)

@@ -155,18 +155,11 @@ class SpaceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved space as plain data (loads back to an equal space)."""
-        data = {k: v for k, v in self.data.trial_settings().items() if v is not None}
-        budget = {
-            f.name: getattr(self.budget, f.name)
-            for f in dataclasses.fields(self.budget)
-            if getattr(self.budget, f.name) is not None
-        }
-        tracking = dataclasses.asdict(self.tracking)
         out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "seed": self.seed,
-            "data": data,
+            "data": {k: v for k, v in self.data.trial_settings().items() if v is not None},
             "objective": self.objective.to_dict(),
             "parameters": self.parameters.to_dict(),
         }
@@ -174,8 +167,10 @@ class SpaceConfig:
             out["parameter_constraints"] = list(self.parameters.constraints)
         if self.baseline:
             out["baseline"] = dict(self.baseline)
-        out["budget"] = budget
-        out["tracking"] = {k: v for k, v in tracking.items() if v is not None}
+        out["budget"] = {k: v for k, v in dataclasses.asdict(self.budget).items() if v is not None}
+        out["tracking"] = {
+            k: v for k, v in dataclasses.asdict(self.tracking).items() if v is not None
+        }
         return out
 
     def to_yaml(self) -> str:
@@ -268,15 +263,11 @@ def _check_metric_names(
         return
     names = sorted(reported)
     if objective.metric not in reported:
-        problems.add(
-            "objective.metric",
-            pipeline.unknown_name_message("metric no trial reports:", objective.metric, names),
-        )
+        problems.unknown("objective.metric", "metric no trial reports:", objective.metric, names)
     for i, c in enumerate(objective.constraints):
         if c.metric not in reported:
-            problems.add(
-                f"objective.constraints[{i}]",
-                pipeline.unknown_name_message("metric no trial reports:", c.metric, names),
+            problems.unknown(
+                f"objective.constraints[{i}]", "metric no trial reports:", c.metric, names
             )
 
 
@@ -310,9 +301,7 @@ def _parse_baseline(raw: Any, parameters: ParametersConfig, problems: Problems) 
                 continue
             value = int(value) if p.value_type == "int" else float(value)
         elif value not in p.values:
-            problems.add(
-                where, pipeline.unknown_name_message("value", value, [str(v) for v in p.values])
-            )
+            problems.unknown(where, "value", value, map(str, p.values))
             continue
         out[p.name] = value
     return out

@@ -6,7 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import Any
 
 import yaml
 
@@ -14,9 +15,6 @@ import pipeline
 from search.privacy import public
 from search.statefiles import disk_full_is_clear, fault_point
 from search.values import finite
-
-if TYPE_CHECKING:
-    pass
 
 #: trial statuses in ``experiment.json`` / ``trials.csv``
 QUEUED, RUNNING, COMPLETED, FAILED, EARLY_STOPPED, INTERRUPTED = (
@@ -28,6 +26,21 @@ QUEUED, RUNNING, COMPLETED, FAILED, EARLY_STOPPED, INTERRUPTED = (
     "interrupted",
 )
 FINISHED_STATUSES = (COMPLETED, FAILED, EARLY_STOPPED)
+#: the bookkeeping columns that end every row of trials.csv, with their defaults
+TAIL_COLUMNS = {
+    "epochs": 0,
+    "duration_s": None,
+    "node": None,
+    "session": None,
+    "attempts": 0,
+    "retries": 0,
+    "reduced_batch_size": None,
+    "started": None,
+    "ray_trial": None,
+    "stop_reason": None,
+    "retry_reason": None,
+    "error": None,
+}
 
 
 class TrialTables:
@@ -57,22 +70,7 @@ class TrialTables:
             for name in sorted(metrics):
                 if name not in row and "/" in name:
                     row[name] = metrics[name]
-            row.update(
-                {
-                    "epochs": rec.get("epochs", 0),
-                    "duration_s": rec.get("duration_s"),
-                    "node": rec.get("node"),
-                    "session": rec.get("session"),
-                    "attempts": rec.get("attempts", 0),
-                    "retries": rec.get("retries", 0),
-                    "reduced_batch_size": rec.get("reduced_batch_size"),
-                    "started": rec.get("started"),
-                    "ray_trial": rec.get("ray_trial"),
-                    "stop_reason": rec.get("stop_reason"),
-                    "retry_reason": rec.get("retry_reason"),
-                    "error": rec.get("error"),
-                }
-            )
+            row.update({k: rec.get(k, default) for k, default in TAIL_COLUMNS.items()})
             rows.append(row)
         return rows
 
@@ -80,26 +78,10 @@ class TrialTables:
         """Rewrite trials.csv and best.yaml from the state (atomically)."""
         fault_point("write_tables")
         rows = self.rows()
-        columns: list[str] = []
-        for row in rows:
-            for key in row:
-                if key not in columns:
-                    columns.append(key)
-        tail = [
-            "epochs",
-            "duration_s",
-            "node",
-            "session",
-            "attempts",
-            "retries",
-            "reduced_batch_size",
-            "started",
-            "ray_trial",
-            "stop_reason",
-            "retry_reason",
-            "error",
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        columns = [c for c in columns if c not in TAIL_COLUMNS] + [
+            c for c in TAIL_COLUMNS if c in columns
         ]
-        columns = [c for c in columns if c not in tail] + [c for c in tail if c in columns]
         buf = io.StringIO()
         writer = csv.DictWriter(
             buf, fieldnames=columns or ["trial", "status"], extrasaction="ignore"
@@ -173,7 +155,4 @@ class TrialTables:
         return out
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for rec in self.trials.values():
-            out[rec.get("status", "?")] = out.get(rec.get("status", "?"), 0) + 1
-        return out
+        return dict(Counter(rec.get("status", "?") for rec in self.trials.values()))

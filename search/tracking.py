@@ -5,15 +5,12 @@ when ``WANDB_API_KEY`` is set and offline otherwise; offline runs are written un
 experiment folder (``results/<name>/wandb``) and can be uploaded later with
 ``wandb sync results/<name>/wandb/offline-run-*``. ``disabled`` logs nothing.
 
-What leaves the machine: the trial's settings (local paths replaced, see
-:func:`search.privacy.public`) and its scalar metrics. Images are logged only when the
-space sets ``tracking.log_images: true``. Strings reported by a trial are not logged to
-W&B (they could carry file names). W&B's own collection of the host, the user, the
-program and its command line, the working folder, git, the machine, the code and the
-console is turned off by :func:`wandb_settings`, the one set of settings of every run
-this project starts, online and offline alike (an offline run holds what an online run
-sends). W&B's debug logs, which name local folders, are moved out of the experiment
-folder when a run finishes (to ``results/.local/<id>/wandb-logs``).
+What leaves the machine is listed in README.md ("What is sent where"): the trial's
+settings without local paths (:func:`search.privacy.public`) and its scalar metrics;
+images only when the space sets ``tracking.log_images: true``; never the strings a trial
+reports (they could carry file names), nor what W&B collects by itself (turned off by
+:func:`wandb_settings` for every run, online and offline alike). W&B's debug logs, which
+name local folders, are moved out of the experiment folder when a run finishes.
 
 W&B 0.31 has no Python reader for its offline transaction logs (``run-<id>.wandb``), so
 :func:`read_offline_run` decodes them with W&B's own record schema
@@ -26,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-import math
 import os
 import struct
 from collections.abc import Mapping
@@ -38,6 +34,7 @@ import numpy as np
 
 from search.experiment import ExperimentFolder
 from search.privacy import public, stow_wandb_logs
+from search.values import finite_or_none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,21 +111,11 @@ def wandb_settings() -> Any:
     )
 
 
-def _scalar(value: Any) -> float | int | bool | None:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and math.isfinite(value):
-        return value
-    return None
-
-
 def _loggable(metrics: Mapping[str, Any], log_images: bool) -> dict[str, Any]:
     """Scalars always; 2-D/3-D arrays under ``images/`` only when images are allowed."""
     out: dict[str, Any] = {}
     for key, value in metrics.items():
-        scalar = _scalar(value)
+        scalar = finite_or_none(value)
         if scalar is not None:
             out[key] = scalar
         elif (
@@ -141,11 +128,6 @@ def _loggable(metrics: Mapping[str, Any], log_images: bool) -> dict[str, Any]:
 
             out[key] = wandb.Image(value)
     return out
-
-
-def _public_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The trial's settings without local paths (folder names can name people or places)."""
-    return public(config)  # type: ignore[no-any-return]
 
 
 class TrialRun:
@@ -176,7 +158,7 @@ class TrialRun:
             group=setup.group or None,
             name=name,
             job_type=job_type,
-            config=_public_config(config),
+            config=public(config),  # no local paths: folder names can name people
             mode=setup.mode,
             dir=root,
             tags=list(tags),
@@ -200,7 +182,7 @@ class TrialRun:
         if self._run is None:
             return
         for key, value in values.items():
-            scalar = _scalar(value)
+            scalar = finite_or_none(value)
             if scalar is not None:
                 self._run.summary[key] = scalar
             elif isinstance(value, str | dict | list):
@@ -215,9 +197,8 @@ class TrialRun:
         """End the run, then move its debug logs out of the experiment folder."""
         if self._run is None:
             return
-        with contextlib.suppress(
-            Exception
-        ):  # tracking must never turn a finished trial into a failure
+        # tracking must never turn a finished trial into a failure
+        with contextlib.suppress(Exception):
             self._run.finish(exit_code=1 if failed else 0)
         self._run = None
         if self._run_dir is not None:
@@ -257,7 +238,7 @@ def log_summary_run(
                 "best/trial": best["trial"],
                 "best/value": best["objective"]["value"],
                 "best/metric": best["objective"]["metric"],
-                "best/config": json.loads(json.dumps(_public_config(best["config"]), default=str)),
+                "best/config": json.loads(json.dumps(public(best["config"]), default=str)),
             }
         )
     if report_html is not None and report_html.is_file():
@@ -369,14 +350,8 @@ def read_offline_run(path: str | os.PathLike[str]) -> OfflineRun:
         run.records.add(str(kind))
         if kind == "run":
             r = rec.run
-            run.host = r.host
-            run.run_id, run.name, run.group, run.project, run.job_type = (
-                r.run_id,
-                r.display_name,
-                r.run_group,
-                r.project,
-                r.job_type,
-            )
+            run.host, run.run_id, run.name = r.host, r.run_id, r.display_name
+            run.group, run.project, run.job_type = r.run_group, r.project, r.job_type
             for item in r.config.update:
                 run.config[_item_key(item)] = _json(item.value_json)
         elif kind == "config":
@@ -404,8 +379,8 @@ def offline_runs(root: str | os.PathLike[str]) -> list[OfflineRun]:
     """Every offline run under ``root`` (an experiment folder or its ``wandb`` folder)."""
     root = Path(root)
     base = root / "wandb" if (root / "wandb").is_dir() and root.name != "wandb" else root
-    runs = []
-    for folder in sorted(base.rglob("offline-run-*")):
-        if folder.is_dir() and not folder.is_symlink() and any(folder.glob("run-*.wandb")):
-            runs.append(read_offline_run(folder))
-    return runs
+    return [
+        read_offline_run(folder)
+        for folder in sorted(base.rglob("offline-run-*"))
+        if folder.is_dir() and not folder.is_symlink() and any(folder.glob("run-*.wandb"))
+    ]

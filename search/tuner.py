@@ -77,12 +77,8 @@ def build_tuner(
 
 def trial_dirname(trial: Any) -> str:
     """``trial-0007-<ray id>``: Ray trial folders named by the Ax trial index."""
-    index = (trial.config or {}).get(INDEX_KEY)
-    return (
-        f"trial-{int(index):04d}-{trial.trial_id}"
-        if index is not None
-        else f"trial-{trial.trial_id}"
-    )
+    index = _index(trial)
+    return f"trial-{trial.trial_id}" if index is None else f"trial-{index:04d}-{trial.trial_id}"
 
 
 def _index(trial: Any) -> int | None:
@@ -135,14 +131,8 @@ def _recorder(folder: ExperimentFolder, on_event: Callable[[], None]) -> Any:
             """Ray restarts a crashed trial (``max_failures``) from its last checkpoint."""
             index = _index(trial)
             if index is not None:
-                rec = self.folder.trials.get(index, {})
                 why = _error_text(trial) or "the trial's worker died"
-                notes = [n for n in str(rec.get("retry_reason") or "").split("; ") if n]
-                self.folder.trial_note(
-                    index,
-                    retries=int(rec.get("retries") or 0) + 1,
-                    retry_reason="; ".join([*notes, f"restarted from its last checkpoint: {why}"]),
-                )
+                self.folder.trial_retried(index, f"restarted from its last checkpoint: {why}")
                 self.folder.write_tables()
             self.on_event()
 

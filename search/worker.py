@@ -43,6 +43,7 @@ import ray
 import ray.cloudpickle
 from ray import tune
 
+import pipeline
 from search.errors import TrainableError
 from search.keys import (
     BATCH_KEY,
@@ -69,8 +70,6 @@ MODEL_FILE = "model.pt"
 
 def default_trainable() -> Trainable:
     """``pipeline.run_trial``, the trial entry point."""
-    import pipeline
-
     return pipeline.run_trial  # type: ignore[no-any-return]
 
 
@@ -392,15 +391,10 @@ class TrialWorker:
         )
 
 
-def run_trial_in_worker(config: dict[str, Any], setup: TrialSetup) -> None:
-    """The body of one Ray trial (runs in a Ray worker process); see the module docstring."""
-    TrialWorker(config, setup)()
-
-
 def make_trial_function(setup: TrialSetup) -> Callable[[dict[str, Any]], None]:
-    """A Ray Tune function trainable bound to ``setup``."""
+    """A Ray Tune function trainable bound to ``setup`` (its body runs in a Ray worker)."""
 
     def trial(config: dict[str, Any]) -> None:
-        run_trial_in_worker(config, setup)
+        TrialWorker(config, setup)()
 
     return trial

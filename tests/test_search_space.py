@@ -231,7 +231,6 @@ parameters:
     assert (
         isinstance(gamma, RangeParameter) and gamma.when is not None and gamma.when.parent == "loss"
     )
-    assert ps.children("loss") == {"focal": ["focal_gamma"]}
     mu = ps.get("mu")
     assert isinstance(mu, ChoiceParameter) and mu.ordered and mu.value_type == "int"
     assert ps.get("lr").bounds == (1e-4, 1e-2)  # type: ignore[union-attr]
