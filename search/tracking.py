@@ -83,6 +83,7 @@ def wandb_settings() -> Any:
 
     Field names are those of ``wandb.Settings`` in wandb 0.31.
     """
+    # wandb takes about 0.5 s to import: only runs that track pay it
     import wandb
 
     return wandb.Settings(
@@ -124,6 +125,7 @@ def _loggable(metrics: Mapping[str, Any], log_images: bool) -> dict[str, Any]:
             and isinstance(value, np.ndarray)
             and value.ndim in (2, 3)
         ):
+            # wandb takes about 0.5 s to import: only runs that track pay it
             import wandb
 
             out[key] = wandb.Image(value)
@@ -147,6 +149,7 @@ class TrialRun:
         self._run_dir: str | None = None
         if not setup.enabled:
             return
+        # wandb takes about 0.5 s to import: only runs that track pay it
         import wandb
 
         root = setup.root
@@ -221,6 +224,7 @@ def log_summary_run(
     """
     if not setup.enabled:
         return
+    # wandb takes about 0.5 s to import: only runs that track pay it
     import wandb
 
     run = TrialRun(
@@ -334,6 +338,7 @@ def _json(text: str) -> Any:
 
 def read_offline_run(path: str | os.PathLike[str]) -> OfflineRun:
     """Read a run folder (``offline-run-*``) or its ``run-<id>.wandb`` file."""
+    # wandb takes about 0.5 s to import: only runs that track pay it
     from wandb.proto import wandb_internal_pb2 as pb
 
     path = Path(path)
